@@ -1,0 +1,446 @@
+//! The configuration document: one JSON value, changed only by RFC 6902
+//! patches, each of which bumps the serial.
+//!
+//! A patch applies wholly or not at all. It is applied op by op to a copy of
+//! the document so every op can be bounded before it runs: without that, a
+//! short patch of `copy` ops that each double the document would exhaust
+//! memory long before any check on the result. The copy costs O(document)
+//! per write, which is the price of that guarantee; documents are small next
+//! to the bounds below.
+
+use json_patch::{Patch, PatchOperation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::StateError;
+
+/// The most ops in one patch.
+pub const PATCH_OPS_MAX: usize = 10_000;
+/// The longest patch text. A record carries it whole, so it must also fit
+/// the WAL's record limit; this is the state layer's own bound.
+pub const PATCH_BYTES_MAX: usize = 4 << 20;
+/// The deepest nesting of arrays and objects in the document. serde_json
+/// refuses to parse deeper than 128, and a document this layer accepted must
+/// always parse again from a snapshot.
+pub const DOC_DEPTH_MAX: usize = 64;
+/// The largest document, as compact JSON text. It must fit a snapshot, which
+/// the codec caps at 64 MiB with everything else.
+pub const DOC_BYTES_MAX: usize = 16 << 20;
+/// The lock a session must hold exclusively to write the document.
+pub const CONFIG_LOCK: &str = "config";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigState {
+    doc: Value,
+    serial: u64,
+    /// Length of `doc` as compact JSON, kept for status pages and limits.
+    doc_bytes: usize,
+}
+
+impl Default for ConfigState {
+    fn default() -> Self {
+        ConfigState {
+            doc: Value::Object(Default::default()),
+            serial: 0,
+            doc_bytes: 2,
+        }
+    }
+}
+
+/// Counts bytes and fails once past a cap, so measuring a value that is too
+/// large stops early instead of walking all of it.
+struct CappedCounter {
+    len: usize,
+    cap: usize,
+}
+
+impl std::io::Write for CappedCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.len += buf.len();
+        if self.len > self.cap {
+            return Err(std::io::Error::other("over cap"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The compact JSON length of `v`, or None if it exceeds `cap`. Only call on
+/// values whose depth is already known to be bounded (serialization
+/// recurses).
+fn encoded_len_capped(v: &Value, cap: usize) -> Option<usize> {
+    let mut counter = CappedCounter { len: 0, cap };
+    serde_json::to_writer(&mut counter, v).ok()?;
+    Some(counter.len)
+}
+
+/// The nesting depth of `v` (a scalar is 0, `{}` is 1), or None if it
+/// exceeds `cap`. Iterative, so hostile depth cannot overflow the stack.
+fn depth_capped(v: &Value, cap: usize) -> Option<usize> {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, above)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        let depth = above + 1;
+        if depth > cap {
+            return None;
+        }
+        deepest = deepest.max(depth);
+        stack.extend(children.map(|c| (c, depth)));
+    }
+    Some(deepest)
+}
+
+/// Parses patch text, bounded before and after parsing.
+pub fn parse_patch(patch_json: &str) -> Result<Patch, StateError> {
+    if patch_json.len() > PATCH_BYTES_MAX {
+        return Err(StateError::RequestTooLarge {
+            what: "patch bytes",
+            len: patch_json.len(),
+            max: PATCH_BYTES_MAX,
+        });
+    }
+    let patch: Patch = serde_json::from_str(patch_json).map_err(|e| StateError::PatchParse {
+        message: e.to_string(),
+    })?;
+    if patch.len() > PATCH_OPS_MAX {
+        return Err(StateError::RequestTooLarge {
+            what: "patch ops",
+            len: patch.len(),
+            max: PATCH_OPS_MAX,
+        });
+    }
+    Ok(patch)
+}
+
+impl ConfigState {
+    pub fn doc(&self) -> &Value {
+        &self.doc
+    }
+
+    /// Bumped by every applied patch; 0 for the initial `{}`.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    pub fn doc_bytes(&self) -> usize {
+        self.doc_bytes
+    }
+
+    /// The value at an RFC 6901 pointer (`""` is the whole document).
+    pub fn get(&self, pointer: &str) -> Option<&Value> {
+        self.doc.pointer(pointer)
+    }
+
+    /// Whether `patch` would apply, without changing anything.
+    pub fn check_patch(&self, patch: &Patch) -> Result<(), StateError> {
+        self.patched(patch).map(drop)
+    }
+
+    /// Applies `patch` wholly, bumping the serial, or changes nothing and
+    /// says which op failed.
+    pub fn apply_patch(&mut self, patch: &Patch) -> Result<(), StateError> {
+        let (doc, doc_bytes) = self.patched(patch)?;
+        self.doc = doc;
+        self.doc_bytes = doc_bytes;
+        self.serial += 1;
+        Ok(())
+    }
+
+    /// The document after `patch`, with its length. Each op is bounded
+    /// before it runs: the depth it can create, and for `add`, `replace` and
+    /// `copy` the bytes it adds. Additions are summed without crediting
+    /// removals, so one patch can add at most DOC_BYTES_MAX; the result is
+    /// then measured exactly.
+    fn patched(&self, patch: &Patch) -> Result<(Value, usize), StateError> {
+        if patch.len() > PATCH_OPS_MAX {
+            let (what, len, max) = ("patch ops", patch.len(), PATCH_OPS_MAX);
+            return Err(StateError::RequestTooLarge { what, len, max });
+        }
+        let mut doc = self.doc.clone();
+        let mut added_bytes = 0usize;
+        for (op_index, op) in patch.iter().enumerate() {
+            let too_large = |what| StateError::PatchTooLarge { op_index, what };
+            let (inserted, counts_bytes) = match op {
+                PatchOperation::Add(a) => (Some(&a.value), true),
+                PatchOperation::Replace(r) => (Some(&r.value), true),
+                PatchOperation::Copy(c) => {
+                    (Some(resolve_from(&doc, op_index, c.from.as_str())?), true)
+                }
+                PatchOperation::Move(m) => {
+                    (Some(resolve_from(&doc, op_index, m.from.as_str())?), false)
+                }
+                PatchOperation::Remove(_) | PatchOperation::Test(_) => (None, false),
+            };
+            if let Some(value) = inserted {
+                let room = DOC_DEPTH_MAX.checked_sub(op.path().count());
+                room.and_then(|room| depth_capped(value, room))
+                    .ok_or(too_large("document depth"))?;
+                if counts_bytes {
+                    let cap = DOC_BYTES_MAX - added_bytes;
+                    added_bytes +=
+                        encoded_len_capped(value, cap).ok_or(too_large("document bytes"))?;
+                }
+            }
+            json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                StateError::Patch {
+                    op_index,
+                    message: format!("{} (path {:?})", e.kind, e.path.as_str()),
+                }
+            })?;
+        }
+        let too_large = StateError::PatchTooLarge {
+            op_index: patch.len(),
+            what: "document bytes",
+        };
+        let doc_bytes = encoded_len_capped(&doc, DOC_BYTES_MAX).ok_or(too_large)?;
+        Ok((doc, doc_bytes))
+    }
+}
+
+/// The value a `copy` or `move` reads. A missing source is reported here, as
+/// json-patch would report it, because its size must be known first.
+fn resolve_from<'a>(doc: &'a Value, op_index: usize, from: &str) -> Result<&'a Value, StateError> {
+    doc.pointer(from).ok_or_else(|| StateError::Patch {
+        op_index,
+        message: format!("\"from\" path is invalid (path {from:?})"),
+    })
+}
+
+/// The persisted form: the document as compact JSON text (bincode cannot
+/// carry a `Value`; serde_json's maps are sorted, so the text is canonical).
+#[derive(Serialize, Deserialize)]
+struct ConfigRepr {
+    doc_json: String,
+    serial: u64,
+}
+
+impl Serialize for ConfigState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let doc_json = serde_json::to_string(&self.doc).map_err(serde::ser::Error::custom)?;
+        ConfigRepr {
+            doc_json,
+            serial: self.serial,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let repr = ConfigRepr::deserialize(deserializer)?;
+        if repr.doc_json.len() > DOC_BYTES_MAX {
+            return Err(D::Error::custom(
+                "config document longer than DOC_BYTES_MAX",
+            ));
+        }
+        let doc: Value = serde_json::from_str(&repr.doc_json).map_err(D::Error::custom)?;
+        if depth_capped(&doc, DOC_DEPTH_MAX).is_none() {
+            return Err(D::Error::custom(
+                "config document deeper than DOC_DEPTH_MAX",
+            ));
+        }
+        let doc_bytes = encoded_len_capped(&doc, DOC_BYTES_MAX)
+            .ok_or_else(|| D::Error::custom("config document longer than DOC_BYTES_MAX"))?;
+        Ok(ConfigState {
+            doc,
+            serial: repr.serial,
+            doc_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn patch(v: Value) -> Patch {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn patch_applies_and_bumps_serial() {
+        // Invariant: a successful patch changes the doc and adds 1 to serial.
+        let mut c = ConfigState::default();
+        c.apply_patch(&patch(
+            json!([{"op": "add", "path": "/nodes", "value": {"n1": 1}}]),
+        ))
+        .unwrap();
+        assert_eq!(c.serial(), 1);
+        assert_eq!(c.get("/nodes/n1"), Some(&json!(1)));
+        assert_eq!(c.get(""), Some(&json!({"nodes": {"n1": 1}})));
+        assert_eq!(c.get("nodes"), None);
+        assert_eq!(c.doc_bytes(), serde_json::to_string(c.doc()).unwrap().len());
+    }
+
+    #[test]
+    fn failing_op_is_named_and_nothing_changes() {
+        // Invariant: a patch failing at op i reports i and leaves doc and
+        // serial exactly as they were.
+        let mut c = ConfigState::default();
+        c.apply_patch(&patch(json!([{"op": "add", "path": "/a", "value": 1}])))
+            .unwrap();
+        let before = c.clone();
+        let p = patch(json!([
+            {"op": "add", "path": "/b", "value": 2},
+            {"op": "test", "path": "/a", "value": 2},
+        ]));
+        let e = c.apply_patch(&p).unwrap_err();
+        assert!(matches!(e, StateError::Patch { op_index: 1, .. }), "{e:?}");
+        assert_eq!(c, before);
+        let p = patch(json!([{"op": "copy", "from": "/nope", "path": "/c"}]));
+        assert!(matches!(
+            c.apply_patch(&p),
+            Err(StateError::Patch { op_index: 0, .. })
+        ));
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn doubling_copies_are_stopped_before_memory_runs_out() {
+        // Invariant: no patch can make the document exceed DOC_BYTES_MAX or
+        // DOC_DEPTH_MAX, even by copying it into itself repeatedly.
+        let mut c = ConfigState::default();
+        let blob = "x".repeat(1 << 20);
+        c.apply_patch(&patch(json!([{"op": "add", "path": "/a", "value": blob}])))
+            .unwrap();
+        let before = c.clone();
+        let ops: Vec<Value> = (0..64)
+            .map(|_| json!({"op": "copy", "from": "", "path": "/a"}))
+            .collect();
+        let e = c.apply_patch(&patch(Value::Array(ops))).unwrap_err();
+        assert!(matches!(e, StateError::PatchTooLarge { .. }), "{e:?}");
+        assert_eq!(c, before);
+        let mut deep = json!(1);
+        for _ in 0..DOC_DEPTH_MAX {
+            deep = json!([deep]);
+        }
+        let e = c.apply_patch(&patch(json!([{"op": "add", "path": "/d", "value": deep}])));
+        assert!(matches!(
+            e,
+            Err(StateError::PatchTooLarge {
+                op_index: 0,
+                what: "document depth"
+            })
+        ));
+    }
+
+    #[test]
+    fn parse_patch_bounds_input() {
+        // Invariant: malformed or oversized patch text is an error.
+        assert!(matches!(
+            parse_patch("{"),
+            Err(StateError::PatchParse { .. })
+        ));
+        assert!(matches!(
+            parse_patch(r#"[{"op":"nope"}]"#),
+            Err(StateError::PatchParse { .. })
+        ));
+        let ops = vec![r#"{"op":"test","path":"","value":{}}"#; PATCH_OPS_MAX + 1];
+        let text = format!("[{}]", ops.join(","));
+        assert!(matches!(
+            parse_patch(&text),
+            Err(StateError::RequestTooLarge { .. })
+        ));
+        assert!(parse_patch("[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_refusal() {
+        // Invariant: decode(encode(c)) == c; a too-deep doc is refused.
+        let mut c = ConfigState::default();
+        c.apply_patch(&patch(
+            json!([{"op": "add", "path": "/z", "value": [1, {"b": null}]}]),
+        ))
+        .unwrap();
+        let back: ConfigState = crate::codec::decode(&crate::codec::encode(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(DOC_DEPTH_MAX + 1),
+            "]".repeat(DOC_DEPTH_MAX + 1)
+        );
+        let bytes = crate::codec::encode(&ConfigRepr {
+            doc_json: deep,
+            serial: 1,
+        })
+        .unwrap();
+        assert!(crate::codec::decode::<ConfigState>(&bytes).is_err());
+    }
+
+    fn arb_op() -> impl Strategy<Value = Value> {
+        let path = prop_oneof![
+            Just("/a"),
+            Just("/b"),
+            Just("/a/x"),
+            Just("/b/0"),
+            Just("/c")
+        ];
+        let value = prop_oneof![
+            Just(json!(1)),
+            Just(json!({})),
+            Just(json!([])),
+            Just(json!("s"))
+        ];
+        let kind = prop_oneof![
+            Just("add"),
+            Just("remove"),
+            Just("replace"),
+            Just("test"),
+            Just("copy"),
+            Just("move")
+        ];
+        (kind, path.clone(), path, value).prop_map(
+            |(op, path, from, value)| json!({"op": op, "path": path, "from": from, "value": value}),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn patches_are_atomic(
+            setup in proptest::collection::vec(arb_op(), 0..6),
+            ops in proptest::collection::vec(arb_op(), 1..6),
+        ) {
+            // Invariant: a patch either applies all its ops in sequence (the
+            // same as applying them one by one) and bumps serial once, or
+            // reports the first failing op index and changes nothing.
+            let mut c = ConfigState::default();
+            for op in setup {
+                let _ = c.apply_patch(&patch(json!([op])));
+            }
+            let before = c.clone();
+            let mut expected = c.doc().clone();
+            let mut first_failure = None;
+            for (i, op) in ops.iter().enumerate() {
+                if json_patch::patch(&mut expected, &patch(json!([op]))).is_err() {
+                    first_failure = Some(i);
+                    break;
+                }
+            }
+            match c.apply_patch(&patch(Value::Array(ops))) {
+                Ok(()) => {
+                    prop_assert_eq!(first_failure, None);
+                    prop_assert_eq!(c.doc(), &expected);
+                    prop_assert_eq!(c.serial(), before.serial() + 1);
+                }
+                Err(StateError::Patch { op_index, .. }) => {
+                    prop_assert_eq!(Some(op_index), first_failure);
+                    prop_assert_eq!(&c, &before);
+                }
+                Err(e) => prop_assert!(false, "unexpected {:?}", e),
+            }
+        }
+    }
+}
