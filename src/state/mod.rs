@@ -8,6 +8,9 @@
 //! decision logic, so the replayed state equals the live one. `apply` checks
 //! everything the log alone can check and is atomic: on `Err` nothing
 //! changed, so the daemon can treat an `Err` as "refused, do not log".
+//!
+//! Because `apply` (and snapshot loading) enforce the named limits, a later
+//! version may raise a limit but never lower one: the old log must replay.
 
 pub mod config;
 pub mod dedup;
