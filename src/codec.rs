@@ -1,0 +1,97 @@
+//! The payload codec: the only module that names bincode, so the encoding of
+//! record payloads can be swapped in one place.
+//!
+//! bincode's serde mode cannot decode self-describing types such as
+//! `serde_json::Value` (it has no `deserialize_any`); records that carry JSON
+//! carry it as text.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The largest payload the decoder will allocate for. Hostile input that
+/// claims a longer string or sequence fails instead of allocating.
+pub const DECODE_BYTES_MAX: usize = 64 << 20;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_BYTES_MAX>()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    Encode(String),
+    Decode(String),
+    /// The value decoded but did not use every byte: the payload is not what
+    /// its type says.
+    TrailingBytes {
+        used: usize,
+        len: usize,
+    },
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecError::Encode(e) => write!(f, "encode failed: {e}"),
+            CodecError::Decode(e) => write!(f, "decode failed: {e}"),
+            CodecError::TrailingBytes { used, len } => {
+                write!(f, "decode used {used} of {len} payload bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a whole payload; trailing bytes are an error, not ignored.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            used,
+            len: bytes.len(),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        name: String,
+        token: u64,
+        json: String,
+    }
+
+    #[test]
+    fn round_trip_and_trailing_bytes() {
+        // Invariant: decode(encode(x)) == x, and extra bytes are refused.
+        let s = Sample {
+            name: "config".into(),
+            token: 7,
+            json: "{\"a\":1}".into(),
+        };
+        let mut bytes = encode(&s).unwrap();
+        assert_eq!(decode::<Sample>(&bytes).unwrap(), s);
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Sample>(&bytes),
+            Err(CodecError::TrailingBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_length_is_an_error_not_an_allocation() {
+        // Invariant: a claimed string length beyond DECODE_BYTES_MAX fails.
+        let bytes = [0xfdu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode::<String>(&bytes).is_err());
+    }
+}
