@@ -1,0 +1,454 @@
+//! Recovery: validates every segment, decides what a problem means under the
+//! chosen `RecoveryMode`, cuts a torn tail (keeping the cut bytes in a
+//! `.broken` side file), and hands the surviving records to replay.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use super::format::{read_frame, FrameRead, SEGMENT_HEADER_LEN};
+use super::reader::{
+    list_segments, scan_segment, segment_header, Frames, Problem, Record, SegmentFile, SegmentScan,
+};
+use super::segment::{broken_path, is_temp_name};
+use super::storage::Storage;
+use super::{Damage, WalError, WalOptions};
+
+/// What recovery may do about damage. Chosen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Cut a torn or incomplete tail of the last segment; refuse anything else.
+    #[default]
+    TolerateTornTail,
+    /// Refuse any anomaly, a torn tail included.
+    Strict,
+    /// Stop at the first bad record anywhere and drop everything after it.
+    /// Loses data by design: only an operator should ask for it.
+    PointInTime,
+}
+
+impl RecoveryMode {
+    pub const NAMES: [&'static str; 3] = ["tolerate-torn-tail", "strict", "point-in-time"];
+}
+
+impl fmt::Display for RecoveryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecoveryMode::TolerateTornTail => "tolerate-torn-tail",
+            RecoveryMode::Strict => "strict",
+            RecoveryMode::PointInTime => "point-in-time",
+        })
+    }
+}
+
+impl FromStr for RecoveryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RecoveryMode, String> {
+        match s {
+            "tolerate-torn-tail" => Ok(RecoveryMode::TolerateTornTail),
+            "strict" => Ok(RecoveryMode::Strict),
+            "point-in-time" => Ok(RecoveryMode::PointInTime),
+            _ => Err(format!(
+                "unknown recovery mode {s:?}; expected one of {:?}",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
+/// What recovery cut, and where the cut bytes went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub segment: PathBuf,
+    /// Where the damage was found.
+    pub damage_offset: u64,
+    pub damage: Damage,
+    /// Where the log now ends in `segment`.
+    pub cut_offset: u64,
+    /// The first LSN dropped.
+    pub first_lsn_dropped: u64,
+    /// The highest LSN seen in the dropped bytes, if any frame there was readable.
+    pub last_lsn_dropped: Option<u64>,
+    /// Non-zero bytes dropped (preallocated zeros are not counted).
+    pub bytes_dropped: u64,
+    /// Side files holding the dropped bytes, and whole segments set aside.
+    pub broken_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub mode: RecoveryMode,
+    pub segments: usize,
+    pub records: u64,
+    /// Bytes of frames replayed, padding included.
+    pub bytes: u64,
+    /// The first LSN in the log (the next LSN when the log is empty).
+    pub first_lsn: u64,
+    /// The last LSN in the log; `first_lsn - 1` when it is empty.
+    pub last_lsn: u64,
+    pub truncation: Option<Truncation>,
+    pub removed_temp_files: Vec<PathBuf>,
+    pub elapsed: Duration,
+}
+
+/// The validated log, ready for replay. Dropping it releases the maps.
+pub struct Recovered {
+    pub report: RecoveryReport,
+    segments: Vec<(SegmentFile, usize)>,
+    tail: Option<Tail>,
+}
+
+/// Where the writer continues.
+pub(crate) struct Tail {
+    pub segment: Option<TailSegment>,
+    pub next_lsn: u64,
+    pub next_seq: u64,
+    pub last_crc: u32,
+}
+
+pub(crate) struct TailSegment {
+    pub path: PathBuf,
+    pub len: u64,
+    pub write_offset: u64,
+}
+
+impl Recovered {
+    /// Every record of the recovered log, in LSN order.
+    pub fn records(&self) -> impl Iterator<Item = Result<Record<'_>, WalError>> + '_ {
+        self.segments.iter().flat_map(|(file, end)| {
+            Frames::new(&file.view, *end).map(move |r| {
+                r.map_err(|(offset, kind)| WalError::Corrupted {
+                    segment: file.path.clone(),
+                    offset,
+                    lsn: 0,
+                    kind,
+                })
+            })
+        })
+    }
+
+    pub(crate) fn take_tail(&mut self) -> Tail {
+        self.tail.take().expect("tail taken once")
+    }
+}
+
+/// The first problem in a directory of segments, and what was read before it.
+pub struct DirScan {
+    pub segments: Vec<SegmentFile>,
+    /// Scans of the segments up to the first problem (one per segment whose
+    /// header was readable).
+    pub scans: Vec<SegmentScan>,
+    /// The index of the segment with the first problem, and the problem.
+    pub problem: Option<(usize, Problem)>,
+}
+
+impl DirScan {
+    /// True when the first problem can only be the torn write of the last batch.
+    pub fn problem_is_torn_tail(&self) -> bool {
+        match &self.problem {
+            Some((i, p)) => {
+                *i + 1 == self.segments.len()
+                    && p.tail_only
+                    && p.offset >= SEGMENT_HEADER_LEN as u64
+                    && !matches!(
+                        p.damage,
+                        Damage::LsnMismatch { .. } | Damage::BatchMismatch { .. }
+                    )
+            }
+            None => false,
+        }
+    }
+}
+
+/// Validates every segment in `dir`, stopping at the first problem. A
+/// segment of an unknown format version is an error, not a problem.
+pub fn scan_dir(storage: &dyn Storage, dir: &Path) -> Result<DirScan, WalError> {
+    let segments = list_segments(storage, dir)?;
+    let mut scans: Vec<SegmentScan> = Vec::with_capacity(segments.len());
+    let mut problem = None;
+    for (i, file) in segments.iter().enumerate() {
+        let prev = scans
+            .last()
+            .map(|s| (s.header.segment_seq, s.next_lsn, s.last_crc));
+        let expected_lsn = prev.map_or(file.name_lsn, |p| p.1);
+        let at_start = |damage| Problem {
+            offset: 0,
+            lsn: expected_lsn,
+            damage,
+            cut_offset: 0,
+            cut_lsn: expected_lsn,
+            tail_only: false,
+            lsn_max_after: None,
+            data_end: file.view.len() as u64,
+        };
+        let header = match segment_header(file) {
+            Ok(h) => h,
+            Err((_, Some(unsupported))) => return Err(unsupported),
+            Err((damage, None)) => {
+                problem = Some((i, at_start(damage)));
+                break;
+            }
+        };
+        if let Some((seq, next_lsn, last_crc)) = prev {
+            let damage = if header.first_lsn > next_lsn || header.segment_seq > seq + 1 {
+                Some(Damage::MissingSegment {
+                    expected_lsn: next_lsn,
+                    found_lsn: header.first_lsn,
+                })
+            } else if header.first_lsn < next_lsn || header.segment_seq != seq + 1 {
+                Some(Damage::OutOfOrder {
+                    expected_seq: seq + 1,
+                    found_seq: header.segment_seq,
+                })
+            } else if header.prev_crc != last_crc {
+                Some(Damage::ChainBroken {
+                    expected_crc: last_crc,
+                    found_crc: header.prev_crc,
+                })
+            } else {
+                None
+            };
+            if let Some(damage) = damage {
+                problem = Some((i, at_start(damage)));
+                break;
+            }
+        }
+        let scan = scan_segment(&file.view, header);
+        let found = scan.problem;
+        scans.push(scan);
+        if let Some(p) = found {
+            problem = Some((i, p));
+            break;
+        }
+    }
+    Ok(DirScan {
+        segments,
+        scans,
+        problem,
+    })
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+    move |e| WalError::io(op, path, e)
+}
+
+fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>, WalError> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| WalError::io("list", dir, e))?;
+    let mut removed = vec![];
+    for name in names.into_iter().filter(|n| is_temp_name(n)) {
+        // A segment that was being created when the process died: its rename
+        // never happened, so nothing in it was ever acknowledged.
+        let path = dir.join(name);
+        storage
+            .remove(&path)
+            .map_err(|e| WalError::io("remove", &path, e))?;
+        tracing::info!(path = %path.display(), "removed unfinished segment");
+        removed.push(path);
+    }
+    if !removed.is_empty() {
+        storage
+            .sync_dir(dir)
+            .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    }
+    Ok(removed)
+}
+
+/// The highest LSN of the readable frames at the start of a segment image.
+fn last_readable_lsn(view: &[u8]) -> Option<u64> {
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut last = None;
+    while let FrameRead::Frame { header, .. } = read_frame(view, off) {
+        last = Some(header.lsn);
+        off += header.padded_len();
+    }
+    last
+}
+
+/// Validates the log in `dir` and applies `options.recovery_mode` to what it
+/// finds. On success the directory holds exactly the returned log: a torn
+/// tail is cut and zeroed, so the writer leaves nothing stale behind it.
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    dir: &Path,
+    options: &WalOptions,
+) -> Result<Recovered, WalError> {
+    let started = Instant::now();
+    let mode = options.recovery_mode;
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| WalError::io("create directory", dir, e))?;
+    let removed_temp_files = remove_temp_files(storage, dir)?;
+    let mut scan = scan_dir(storage, dir)?;
+    let mut truncation = None;
+    if let Some((i, p)) = scan.problem {
+        let torn = scan.problem_is_torn_tail();
+        let path = scan.segments[i].path.clone();
+        let refuse = match mode {
+            RecoveryMode::TolerateTornTail => !torn,
+            RecoveryMode::Strict => true,
+            RecoveryMode::PointInTime => false,
+        };
+        if refuse {
+            return Err(WalError::Corrupted {
+                segment: path,
+                offset: p.offset,
+                lsn: p.lsn,
+                kind: p.damage,
+            });
+        }
+        truncation = Some(cut(storage, dir, &mut scan, i, &p)?);
+    }
+    let DirScan {
+        segments, scans, ..
+    } = scan;
+    // Segments whose scan is complete are the log; a segment set aside by a
+    // cut has no scan (or was removed from the list).
+    let kept: Vec<(SegmentFile, SegmentScan)> = segments.into_iter().zip(scans).collect();
+    let tail = match kept.last() {
+        Some((file, s)) => Tail {
+            segment: Some(TailSegment {
+                path: file.path.clone(),
+                len: file.view.len() as u64,
+                write_offset: s.end,
+            }),
+            next_lsn: s.next_lsn,
+            next_seq: s.header.segment_seq + 1,
+            last_crc: s.last_crc,
+        },
+        None => Tail {
+            segment: None,
+            next_lsn: truncation.as_ref().map_or(1, |t| t.first_lsn_dropped),
+            next_seq: 0,
+            last_crc: 0,
+        },
+    };
+    let records = kept.iter().map(|(_, s)| s.records).sum();
+    let bytes = kept
+        .iter()
+        .map(|(_, s)| s.end - SEGMENT_HEADER_LEN as u64)
+        .sum();
+    let first_lsn = kept
+        .first()
+        .map_or(tail.next_lsn, |(_, s)| s.header.first_lsn);
+    let report = RecoveryReport {
+        mode,
+        segments: kept.len(),
+        records,
+        bytes,
+        first_lsn,
+        last_lsn: tail.next_lsn - 1,
+        truncation,
+        removed_temp_files,
+        elapsed: started.elapsed(),
+    };
+    let segments = kept.into_iter().map(|(f, s)| (f, s.end as usize)).collect();
+    Ok(Recovered {
+        report,
+        segments,
+        tail: Some(tail),
+    })
+}
+
+/// Cuts the log at problem `p` in segment `i`: the dropped bytes of that
+/// segment go to a durable side file first, then the segment is shortened
+/// and zero-filled back to its length; every later segment is set aside
+/// whole. Afterwards `scan` describes the log that remains.
+fn cut(
+    storage: &dyn Storage,
+    dir: &Path,
+    scan: &mut DirScan,
+    i: usize,
+    p: &Problem,
+) -> Result<Truncation, WalError> {
+    let whole = p.cut_offset < SEGMENT_HEADER_LEN as u64;
+    let mut last_lsn_dropped = p.lsn_max_after;
+    let mut bytes_dropped = 0u64;
+    let mut broken_files = vec![];
+    let sync_dir = || storage.sync_dir(dir).map_err(io("fsync directory", dir));
+
+    let later: Vec<SegmentFile> = scan.segments.drain(i + 1..).collect();
+    let target = scan.segments.pop().expect("problem segment exists");
+    let seg_path = target.path.clone();
+    if whole {
+        bytes_dropped += target.view.len() as u64;
+        last_lsn_dropped = last_lsn_dropped.max(last_readable_lsn(&target.view));
+        let side = broken_path(storage, &target.path)?;
+        drop(target);
+        storage
+            .rename(&seg_path, &side)
+            .map_err(io("rename", &seg_path))?;
+        sync_dir()?;
+        broken_files.push(side);
+        scan.scans.truncate(i);
+    } else {
+        let len = target.view.len() as u64;
+        let dropped =
+            target.view[p.cut_offset as usize..p.data_end.max(p.cut_offset) as usize].to_vec();
+        // The maps must go before the file shrinks: touching a mapped page
+        // past the end of a file raises SIGBUS.
+        drop(target);
+        if !dropped.is_empty() {
+            let side = broken_path(storage, &seg_path)?;
+            let mut f = storage.create_new(&side).map_err(io("create", &side))?;
+            f.write_all_at(&dropped, 0).map_err(io("write", &side))?;
+            f.sync_all().map_err(io("fsync", &side))?;
+            sync_dir()?;
+            bytes_dropped += dropped.len() as u64;
+            broken_files.push(side);
+            let mut seg = storage
+                .open_write(&seg_path)
+                .map_err(io("open", &seg_path))?;
+            seg.set_len(p.cut_offset)
+                .map_err(io("truncate", &seg_path))?;
+            seg.allocate(len).map_err(io("preallocate", &seg_path))?;
+            seg.sync_all().map_err(io("fsync", &seg_path))?;
+        }
+        let view = storage.read(&seg_path).map_err(io("read", &seg_path))?;
+        scan.segments.push(SegmentFile {
+            path: seg_path.clone(),
+            name_lsn: scan.scans[i].header.first_lsn,
+            view,
+        });
+        let s = &mut scan.scans[i];
+        s.end = p.cut_offset;
+        s.problem = None;
+    }
+    let set_aside_later = !later.is_empty();
+    for file in later {
+        bytes_dropped += file.view.len() as u64;
+        last_lsn_dropped = last_lsn_dropped.max(last_readable_lsn(&file.view));
+        let side = broken_path(storage, &file.path)?;
+        let path = file.path.clone();
+        drop(file);
+        storage.rename(&path, &side).map_err(io("rename", &path))?;
+        broken_files.push(side);
+    }
+    if set_aside_later {
+        sync_dir()?;
+    }
+    let t = Truncation {
+        segment: seg_path,
+        damage_offset: p.offset,
+        damage: p.damage,
+        cut_offset: if whole { 0 } else { p.cut_offset },
+        first_lsn_dropped: p.cut_lsn,
+        last_lsn_dropped,
+        bytes_dropped,
+        broken_files,
+    };
+    tracing::warn!(
+        segment = %t.segment.display(),
+        damage_offset = t.damage_offset,
+        damage = %t.damage,
+        cut_offset = t.cut_offset,
+        first_lsn_dropped = t.first_lsn_dropped,
+        last_lsn_dropped = ?t.last_lsn_dropped,
+        bytes_dropped = t.bytes_dropped,
+        broken_files = ?t.broken_files,
+        "WAL cut: bytes after the last complete batch were dropped and kept in side files"
+    );
+    Ok(t)
+}

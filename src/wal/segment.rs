@@ -1,0 +1,106 @@
+//! Segment files: their names, and the one way a new segment comes into
+//! existence (temporary name, preallocate, header, fsync, rename, directory
+//! fsync).
+
+use std::path::{Path, PathBuf};
+
+use super::format::SegmentHeader;
+use super::storage::{Storage, StorageFile};
+use super::WalError;
+
+/// Segment files are named by their first LSN, zero-padded so that the
+/// lexical order of names is the LSN order.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+pub const TEMP_SUFFIX: &str = ".wal.tmp";
+pub const BROKEN_SUFFIX: &str = ".broken";
+const LSN_DIGITS: usize = 20;
+
+pub fn segment_name(first_lsn: u64) -> String {
+    format!("{first_lsn:0LSN_DIGITS$}{SEGMENT_SUFFIX}")
+}
+
+/// The first LSN a segment file name claims, or `None` for other files.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != LSN_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_suffix(TEMP_SUFFIX)
+        .is_some_and(|d| d.len() == LSN_DIGITS)
+}
+
+/// A name for the side file that keeps bytes cut from `segment`: the first
+/// of `<segment>.broken`, `<segment>.broken.1`, ... that does not exist.
+pub fn broken_path(storage: &dyn Storage, segment: &Path) -> Result<PathBuf, WalError> {
+    let base = format!("{}{BROKEN_SUFFIX}", segment.display());
+    for n in 0u32.. {
+        let candidate = if n == 0 {
+            PathBuf::from(&base)
+        } else {
+            PathBuf::from(format!("{base}.{n}"))
+        };
+        if !storage
+            .exists(&candidate)
+            .map_err(|e| WalError::io("stat", &candidate, e))?
+        {
+            return Ok(candidate);
+        }
+    }
+    unreachable!("u32 side-file names exhausted")
+}
+
+/// Creates the segment `header` describes in `dir`, `capacity` bytes long,
+/// and returns it open for writing. When this returns, the file, its header
+/// and its name are durable. Every directory change is followed by a
+/// directory fsync.
+pub fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    header: &SegmentHeader,
+    capacity: u64,
+) -> Result<(PathBuf, Box<dyn StorageFile>), WalError> {
+    let name = segment_name(header.first_lsn);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{}{TEMP_SUFFIX}", &name[..LSN_DIGITS]));
+    let mut file = storage
+        .create_new(&tmp)
+        .map_err(|e| WalError::io("create", &tmp, e))?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    file.allocate(capacity)
+        .map_err(|e| WalError::io("preallocate", &tmp, e))?;
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| WalError::io("write header", &tmp, e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io("fsync", &tmp, e))?;
+    storage
+        .rename(&tmp, &path)
+        .map_err(|e| WalError::io("rename", &tmp, e))?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    Ok((path, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_lsn_and_parse_back() {
+        // Invariant: parse(name(lsn)) == lsn and lexical order == LSN order.
+        for lsn in [0, 1, 9, 10, 1 << 33, u64::MAX] {
+            assert_eq!(parse_segment_name(&segment_name(lsn)), Some(lsn));
+        }
+        assert!(segment_name(9) < segment_name(10));
+        assert_eq!(parse_segment_name("1.wal"), None);
+        assert_eq!(parse_segment_name("00000000000000000001.wal.tmp"), None);
+        assert_eq!(parse_segment_name("0000000000000000000x.wal"), None);
+        assert!(is_temp_name("00000000000000000001.wal.tmp"));
+    }
+}

@@ -1,0 +1,534 @@
+//! The single WAL writer: a dedicated thread that takes whatever appends have
+//! queued while the previous sync ran, writes them as one batch with one
+//! write, and makes them durable with one `fdatasync` (group commit). Only
+//! this module writes or syncs segment files after recovery.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use futures_channel::oneshot;
+
+use super::format::{encode_frame, frame_bytes, SegmentHeader, FLAG_BATCH_END};
+use super::lockfile::DirLock;
+use super::recovery::{recover, Recovered, Tail};
+use super::segment::create_segment;
+use super::storage::{StdStorage, Storage, StorageFile};
+use super::telemetry::{Telemetry, TelemetrySnapshot};
+use super::{WalError, WalOptions};
+
+struct Pending {
+    lsn: u64,
+    kind: u16,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<u64, WalError>>,
+}
+
+enum QueueState {
+    Open,
+    /// `close` was called: the writer drains the queue, then stops.
+    Closing,
+    /// The writer has stopped, with this error for any further append.
+    Stopped(WalError),
+}
+
+struct Queue {
+    entries: VecDeque<Pending>,
+    /// Payload bytes in `entries`.
+    bytes: usize,
+    /// The LSN the next append gets. LSNs are handed out under this lock, so
+    /// queue order is LSN order.
+    next_lsn: u64,
+    state: QueueState,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for appends.
+    work: Condvar,
+    /// Appenders wait here for queue space.
+    space: Condvar,
+    durable_lsn: AtomicU64,
+    telemetry: Mutex<Telemetry>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // The queue is consistent at every unlock; a panic elsewhere must not
+        // turn every later append into a second panic.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A handle to an open WAL. Appends may come from any number of threads.
+pub struct Wal {
+    shared: Arc<Shared>,
+    options: WalOptions,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+    _lock: Option<DirLock>,
+}
+
+/// An append that has its LSN and is on its way to disk. Await it (or
+/// `wait()`) to learn when it is durable: it resolves only after the sync
+/// that covers the record has returned.
+#[must_use = "an append is only durable when its Appended resolves"]
+pub struct Appended {
+    lsn: u64,
+    done: oneshot::Receiver<Result<u64, WalError>>,
+}
+
+impl Appended {
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+    /// The outcome if it is already known, without blocking.
+    pub fn try_wait(&mut self) -> Option<Result<u64, WalError>> {
+        match self.done.try_recv() {
+            Ok(Some(result)) => Some(result),
+            Ok(None) => None,
+            Err(oneshot::Canceled) => Some(Err(WalError::Poisoned {
+                cause: "WAL writer thread exited".into(),
+            })),
+        }
+    }
+
+    /// Blocks the calling thread until the record is durable.
+    pub fn wait(self) -> Result<u64, WalError> {
+        futures_executor::block_on(self)
+    }
+}
+
+impl Future for Appended {
+    type Output = Result<u64, WalError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.done).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(WalError::Poisoned {
+                cause: "WAL writer thread exited".into(),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` on the real file system:
+    /// takes the directory lock, recovers, and starts the writer. The caller
+    /// replays `Recovered::records()` before appending.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        options.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
+        let lock = DirLock::acquire(dir)?;
+        let (mut wal, recovered) = Wal::open_with(Arc::new(StdStorage), dir, options)?;
+        wal._lock = Some(lock);
+        Ok((wal, recovered))
+    }
+
+    /// Opens the log in `dir` on any storage backend. No directory lock is
+    /// taken: the caller guarantees a single writer.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovered), WalError> {
+        options.validate()?;
+        let mut recovered = recover(storage.as_ref(), dir, &options)?;
+        let tail = recovered.take_tail();
+        let wal = Wal::start(storage, dir, options, tail)?;
+        Ok((wal, recovered))
+    }
+
+    fn start(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        options: WalOptions,
+        tail: Tail,
+    ) -> Result<Wal, WalError> {
+        let segment = match tail.segment {
+            Some(t) => {
+                let mut file = storage
+                    .open_write(&t.path)
+                    .map_err(|e| WalError::io("open", &t.path, e))?;
+                let capacity = t.len.max(options.segment_bytes);
+                if capacity > t.len {
+                    file.allocate(capacity)
+                        .map_err(|e| WalError::io("preallocate", &t.path, e))?;
+                    file.sync_all()
+                        .map_err(|e| WalError::io("fsync", &t.path, e))?;
+                }
+                Some(OpenSegment {
+                    path: t.path,
+                    file,
+                    write_offset: t.write_offset,
+                    capacity,
+                })
+            }
+            None => None,
+        };
+        let durable = tail.next_lsn - 1;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                entries: VecDeque::new(),
+                bytes: 0,
+                next_lsn: tail.next_lsn,
+                state: QueueState::Open,
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            durable_lsn: AtomicU64::new(durable),
+            telemetry: Mutex::new(Telemetry::new()),
+        });
+        let writer = Writer {
+            storage,
+            dir: dir.to_path_buf(),
+            options: options.clone(),
+            shared: shared.clone(),
+            segment,
+            next_seq: tail.next_seq,
+            last_crc: tail.last_crc,
+            written_lsn: durable,
+            buf: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| WalError::io("spawn writer thread", dir, e))?;
+        Ok(Wal {
+            shared,
+            options,
+            thread: Mutex::new(Some(thread)),
+            dir: dir.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// Queues a record, waiting while the queue is full.
+    pub fn append(&self, kind: u16, payload: Vec<u8>) -> Result<Appended, WalError> {
+        self.enqueue(kind, payload, true)
+    }
+
+    /// Queues a record, or answers `WalError::Full` at once when the queue is
+    /// at its bound: for callers that must not block (actors, HTTP handlers).
+    pub fn try_append(&self, kind: u16, payload: Vec<u8>) -> Result<Appended, WalError> {
+        self.enqueue(kind, payload, false)
+    }
+
+    fn enqueue(&self, kind: u16, payload: Vec<u8>, wait: bool) -> Result<Appended, WalError> {
+        assert!(kind != 0, "record kind 0 is reserved");
+        let len = payload.len();
+        if len > self.options.record_bytes_max {
+            return Err(WalError::RecordTooLarge {
+                bytes: len,
+                max: self.options.record_bytes_max,
+            });
+        }
+        let mut q = self.shared.queue();
+        loop {
+            match &q.state {
+                QueueState::Open => {}
+                QueueState::Closing => return Err(WalError::Closed),
+                QueueState::Stopped(e) => return Err(e.clone()),
+            }
+            if q.entries.len() < self.options.queue_len_max
+                && q.bytes + len <= self.options.queue_bytes_max
+            {
+                break;
+            }
+            if !wait {
+                return Err(WalError::Full {
+                    queue_len: q.entries.len(),
+                    queue_bytes: q.bytes,
+                });
+            }
+            q = self.shared.space.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        let lsn = q.next_lsn;
+        q.next_lsn += 1;
+        let (tx, rx) = oneshot::channel();
+        let was_empty = q.entries.is_empty();
+        q.entries.push_back(Pending {
+            lsn,
+            kind,
+            payload,
+            done: tx,
+        });
+        q.bytes += len;
+        drop(q);
+        // The writer only sleeps on an empty queue.
+        if was_empty {
+            self.shared.work.notify_one();
+        }
+        Ok(Appended { lsn, done: rx })
+    }
+
+    /// The highest LSN known durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.shared.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// The LSN the next append will get.
+    pub fn next_lsn(&self) -> u64 {
+        self.shared.queue().next_lsn
+    }
+
+    /// Appends waiting for the writer, and their payload bytes.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let q = self.shared.queue();
+        (q.entries.len(), q.bytes)
+    }
+
+    pub fn telemetry(&self) -> TelemetrySnapshot {
+        self.shared
+            .telemetry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot()
+    }
+
+    pub fn options(&self) -> &WalOptions {
+        &self.options
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The error that stopped the writer, if one did.
+    pub fn poisoned(&self) -> Option<WalError> {
+        match &self.shared.queue().state {
+            QueueState::Stopped(e @ WalError::Poisoned { .. }) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Writes everything queued, stops the writer and waits for it. Appends
+    /// after this fail with `Closed`. Returns the poisoning error if the
+    /// writer had failed.
+    pub fn close(&self) -> Result<(), WalError> {
+        {
+            let mut q = self.shared.queue();
+            if let QueueState::Open = q.state {
+                q.state = QueueState::Closing;
+            }
+        }
+        self.shared.work.notify_all();
+        self.shared.space.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                return Err(WalError::Poisoned {
+                    cause: "WAL writer thread panicked".into(),
+                });
+            }
+        }
+        match self.poisoned() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+struct OpenSegment {
+    path: PathBuf,
+    file: Box<dyn StorageFile>,
+    write_offset: u64,
+    capacity: u64,
+}
+
+struct Writer {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    options: WalOptions,
+    shared: Arc<Shared>,
+    segment: Option<OpenSegment>,
+    next_seq: u64,
+    /// CRC of the last frame written, for the next segment header's chain.
+    last_crc: u32,
+    /// The last LSN written to a segment.
+    written_lsn: u64,
+    /// The batch being encoded, reused between batches.
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<Pending> = Vec::new();
+        loop {
+            match self.next_batch(&mut batch) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return self.poison(e, &mut batch),
+            }
+            if let Err(e) = self.commit(&mut batch) {
+                return self.poison(e, &mut batch);
+            }
+        }
+    }
+
+    /// Moves the next batch out of the queue into `batch`, rolling the
+    /// segment first when the batch's first record does not fit. Returns
+    /// false when the log is closed and drained.
+    fn next_batch(&mut self, batch: &mut Vec<Pending>) -> Result<bool, WalError> {
+        loop {
+            let mut q = self.shared.queue();
+            while q.entries.is_empty() {
+                match q.state {
+                    QueueState::Open => {
+                        q = self.shared.work.wait(q).unwrap_or_else(|e| e.into_inner())
+                    }
+                    QueueState::Closing => {
+                        q.state = QueueState::Stopped(WalError::Closed);
+                        return Ok(false);
+                    }
+                    QueueState::Stopped(_) => return Ok(false),
+                }
+            }
+            let first = frame_bytes(q.entries[0].payload.len()) as u64;
+            let room = match &self.segment {
+                Some(s) if s.write_offset + first <= s.capacity => s.capacity - s.write_offset,
+                _ => {
+                    let first_lsn = q.entries[0].lsn;
+                    drop(q);
+                    self.roll(first_lsn)?;
+                    continue;
+                }
+            };
+            let mut bytes = 0usize;
+            let mut payload_bytes = 0usize;
+            while let Some(next) = q.entries.front() {
+                let frame = frame_bytes(next.payload.len());
+                let fits =
+                    bytes + frame <= self.options.batch_bytes_max && (bytes + frame) as u64 <= room;
+                if !batch.is_empty() && !fits {
+                    break;
+                }
+                bytes += frame;
+                payload_bytes += next.payload.len();
+                batch.push(q.entries.pop_front().expect("front exists"));
+            }
+            q.bytes -= payload_bytes;
+            drop(q);
+            self.shared.space.notify_all();
+            return Ok(true);
+        }
+    }
+
+    /// Writes `batch` with one write and makes it durable with one sync,
+    /// then completes every append in it.
+    fn commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), WalError> {
+        self.buf.clear();
+        let n = batch.len();
+        let mut crc = self.last_crc;
+        for (i, p) in batch.iter().enumerate() {
+            // Guards the disk: LSNs go up by exactly one, with no gaps.
+            assert_eq!(
+                p.lsn,
+                self.written_lsn + 1 + i as u64,
+                "WAL LSN sequence broken"
+            );
+            let flags = if i + 1 == n { FLAG_BATCH_END } else { 0 };
+            crc = encode_frame(&mut self.buf, p.kind, flags, p.lsn, i as u32, &p.payload);
+        }
+        let seg = self.segment.as_mut().expect("next_batch opened a segment");
+        assert!(
+            seg.write_offset + self.buf.len() as u64 <= seg.capacity,
+            "batch of {} bytes overruns the segment",
+            self.buf.len()
+        );
+        seg.file
+            .write_all_at(&self.buf, seg.write_offset)
+            .map_err(|e| WalError::io("write", &seg.path, e))?;
+        let started = Instant::now();
+        seg.file
+            .sync_data()
+            .map_err(|e| WalError::io("fdatasync", &seg.path, e))?;
+        let sync_us = started.elapsed().as_micros() as u64;
+        seg.write_offset += self.buf.len() as u64;
+        self.last_crc = crc;
+        self.written_lsn += n as u64;
+        if sync_us > self.options.slow_sync_warn_ms * 1_000 {
+            tracing::warn!(
+                sync_us,
+                records = n,
+                bytes = self.buf.len(),
+                "slow WAL sync"
+            );
+        }
+        self.shared
+            .telemetry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_sync(sync_us, n as u64, self.buf.len() as u64);
+        self.shared
+            .durable_lsn
+            .store(self.written_lsn, Ordering::Release);
+        for p in batch.drain(..) {
+            let _ = p.done.send(Ok(p.lsn));
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record is `first_lsn`.
+    fn roll(&mut self, first_lsn: u64) -> Result<(), WalError> {
+        assert_eq!(
+            first_lsn,
+            self.written_lsn + 1,
+            "roll at a non-contiguous LSN"
+        );
+        let header = SegmentHeader {
+            segment_seq: self.next_seq,
+            first_lsn,
+            prev_crc: self.last_crc,
+        };
+        let (path, file) = create_segment(
+            self.storage.as_ref(),
+            &self.dir,
+            &header,
+            self.options.segment_bytes,
+        )?;
+        tracing::debug!(path = %path.display(), first_lsn, seq = header.segment_seq, "WAL segment rolled");
+        self.segment = Some(OpenSegment {
+            path,
+            file,
+            write_offset: super::format::SEGMENT_HEADER_LEN as u64,
+            capacity: self.options.segment_bytes,
+        });
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Fail-stop: the batch in hand and every queued append get the error,
+    /// later appends get it at once, and the writer thread ends. The failed
+    /// sync is never retried: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so a retry could "succeed" on lost data.
+    fn poison(&mut self, err: WalError, batch: &mut Vec<Pending>) {
+        tracing::error!(error = %err, "WAL write path failed; the log is stopped");
+        let poisoned = WalError::Poisoned {
+            cause: err.to_string().into(),
+        };
+        // Stop the queue before telling anyone: an appender that has seen its
+        // error must find the log stopped when it tries again.
+        let mut q = self.shared.queue();
+        q.state = QueueState::Stopped(poisoned.clone());
+        let queued: Vec<Pending> = q.entries.drain(..).collect();
+        q.bytes = 0;
+        drop(q);
+        for p in batch.drain(..).chain(queued) {
+            let _ = p.done.send(Err(poisoned.clone()));
+        }
+        self.shared.space.notify_all();
+    }
+}
