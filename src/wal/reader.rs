@@ -230,20 +230,17 @@ fn plausible_header(b: &[u8], lsn_min: u64, lsn_limit: u64) -> Option<FrameHeade
 
 fn first_nonzero(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
-    // Compare a word at a time: preallocated tails are megabytes of zeros.
-    let mut chunks = rest.chunks_exact(64);
+    // A word at a time: preallocated tails are megabytes of zeros, and this
+    // runs over all of them at every start.
+    let mut words = rest.chunks_exact(8);
     let mut base = from;
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
-            return chunk.iter().position(|&b| b != 0).map(|i| base + i);
+    for word in &mut words {
+        if u64::from_ne_bytes(word.try_into().expect("8 bytes")) != 0 {
+            return word.iter().position(|&b| b != 0).map(|i| base + i);
         }
-        base += 64;
+        base += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b != 0)
-        .map(|i| base + i)
+    words.remainder().iter().position(|&b| b != 0).map(|i| base + i)
 }
 
 fn last_nonzero_end(buf: &[u8]) -> usize {
