@@ -31,7 +31,7 @@ use std::sync::Arc;
 pub use format::{FrameDamage, HeaderError, KIND_SKIPPABLE};
 pub use recovery::{Recovered, RecoveryMode, RecoveryReport, Truncation};
 pub use telemetry::TelemetrySnapshot;
-pub use writer::{Appended, Wal};
+pub use writer::{Appended, DurableWait, Wal};
 
 /// Bounds and knobs of one WAL. Every queue and buffer the writer keeps is
 /// bounded by one of these.

@@ -240,7 +240,11 @@ fn first_nonzero(buf: &[u8], from: usize) -> Option<usize> {
         }
         base += 8;
     }
-    words.remainder().iter().position(|&b| b != 0).map(|i| base + i)
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b != 0)
+        .map(|i| base + i)
 }
 
 fn last_nonzero_end(buf: &[u8]) -> usize {

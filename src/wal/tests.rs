@@ -596,3 +596,56 @@ fn garbage_appended_after_the_log_is_a_torn_tail() {
         assert!(t.cut_offset >= SEGMENT_HEADER_LEN as u64);
     }
 }
+
+#[test]
+fn wait_durable_resolves_only_after_the_covering_sync() {
+    // Invariant: `wait_durable(lsn)` resolves only once `durable_lsn >= lsn`
+    // (woken by the writer, not by polling), at once for an LSN already
+    // durable, and with the poisoning error if the writer fails first.
+    let mem = MemStorage::new();
+    let (wal, _) = mem_open(&mem, WalOptions::default()).unwrap();
+    wal.append(1, b"a".to_vec()).unwrap().wait().unwrap();
+    assert_eq!(futures_executor::block_on(wal.wait_durable(1)).unwrap(), 1);
+    assert_eq!(futures_executor::block_on(wal.wait_durable(0)).unwrap(), 1);
+    let pause = mem.pause_syncs();
+    let pending = wal.append(1, b"b".to_vec()).unwrap();
+    mem.wait_for_paused_syncs(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = wal.wait_durable(2);
+    let waiter = std::thread::spawn(move || tx.send(futures_executor::block_on(waiting)));
+    assert!(
+        rx.try_recv().is_err(),
+        "resolved while the covering sync is paused"
+    );
+    assert_eq!(wal.durable_lsn(), 1);
+    drop(pause);
+    assert_eq!(pending.wait().unwrap(), 2);
+    assert_eq!(rx.recv().unwrap().unwrap(), 2);
+    waiter.join().unwrap().unwrap();
+
+    mem.inject(Fault::SyncIo, 0);
+    let failing = wal.wait_durable(3);
+    assert!(wal.append(1, b"c".to_vec()).unwrap().wait().is_err());
+    assert!(matches!(
+        futures_executor::block_on(failing),
+        Err(WalError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        futures_executor::block_on(wal.wait_durable(4)),
+        Err(WalError::Poisoned { .. })
+    ));
+}
+
+#[test]
+fn wait_durable_fails_when_the_log_closes_first() {
+    // Invariant: a wait for an LSN that will never be written ends with
+    // `Closed` when the log closes, instead of hanging.
+    let mem = MemStorage::new();
+    let (wal, _) = mem_open(&mem, WalOptions::default()).unwrap();
+    let never = wal.wait_durable(5);
+    wal.close().unwrap();
+    assert!(matches!(
+        futures_executor::block_on(never),
+        Err(WalError::Closed)
+    ));
+}

@@ -56,6 +56,16 @@ struct Shared {
     space: Condvar,
     durable_lsn: AtomicU64,
     telemetry: Mutex<Telemetry>,
+    /// Callers of `wait_durable` whose LSN is not durable yet. The writer
+    /// completes them after each commit; see `Wal::wait_durable` for why no
+    /// wake-up can be lost.
+    durable_waiters: Mutex<DurableWaiters>,
+}
+
+struct DurableWaiters {
+    list: Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>,
+    /// Set once the writer has stopped; later waits fail at once with it.
+    stopped: Option<WalError>,
 }
 
 impl Shared {
@@ -63,6 +73,37 @@ impl Shared {
         // The queue is consistent at every unlock; a panic elsewhere must not
         // turn every later append into a second panic.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn durable_waiters(&self) -> MutexGuard<'_, DurableWaiters> {
+        self.durable_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Completes every waiter whose LSN is now durable. Called by the writer
+    /// after it has published the new `durable_lsn`.
+    fn wake_durable(&self, durable: u64) {
+        let mut w = self.durable_waiters();
+        let mut i = 0;
+        while i < w.list.len() {
+            if w.list[i].0 <= durable {
+                let (_, tx) = w.list.swap_remove(i);
+                let _ = tx.send(Ok(durable));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Fails every waiter, now and later, with the error that stopped the
+    /// writer.
+    fn stop_durable_waiters(&self, err: WalError) {
+        let mut w = self.durable_waiters();
+        w.stopped = Some(err.clone());
+        for (_, tx) in w.list.drain(..) {
+            let _ = tx.send(Err(err.clone()));
+        }
     }
 }
 
@@ -73,6 +114,37 @@ pub struct Wal {
     thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
     _lock: Option<DirLock>,
+}
+
+/// A wait for an LSN to become durable (see [`Wal::wait_durable`]).
+#[must_use = "a wait does nothing unless awaited"]
+pub struct DurableWait {
+    state: DurableWaitState,
+}
+
+enum DurableWaitState {
+    Ready(Option<Result<u64, WalError>>),
+    Waiting(oneshot::Receiver<Result<u64, WalError>>),
+}
+
+impl Future for DurableWait {
+    /// The durable LSN seen (at least the one waited for), or the error that
+    /// stopped the writer.
+    type Output = Result<u64, WalError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            DurableWaitState::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(
+                WalError::InvalidOptions("DurableWait polled after completion".into()),
+            ))),
+            DurableWaitState::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(result)) => Poll::Ready(result),
+                Poll::Ready(Err(oneshot::Canceled)) => Poll::Ready(Err(WalError::Poisoned {
+                    cause: "WAL writer thread exited".into(),
+                })),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 /// An append that has its LSN and is on its way to disk. Await it (or
@@ -184,6 +256,10 @@ impl Wal {
             space: Condvar::new(),
             durable_lsn: AtomicU64::new(durable),
             telemetry: Mutex::new(Telemetry::new()),
+            durable_waiters: Mutex::new(DurableWaiters {
+                list: Vec::new(),
+                stopped: None,
+            }),
         });
         let writer = Writer {
             storage,
@@ -271,6 +347,43 @@ impl Wal {
     /// The highest LSN known durable.
     pub fn durable_lsn(&self) -> u64 {
         self.shared.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every record up to `lsn` is durable, without polling:
+    /// the writer completes the wait after the commit that covers it. Fails
+    /// if the writer stops first (poisoned or closed), and with `Full` when
+    /// `queue_len_max` waits are already pending, so the list is bounded.
+    ///
+    /// No wake-up is lost: the writer publishes `durable_lsn` before it takes
+    /// the waiter lock, and this checks `durable_lsn` again under that lock,
+    /// so either this sees the new LSN or the writer sees this waiter.
+    pub fn wait_durable(&self, lsn: u64) -> DurableWait {
+        let ready = |result| DurableWait {
+            state: DurableWaitState::Ready(Some(result)),
+        };
+        let durable = self.durable_lsn();
+        if durable >= lsn {
+            return ready(Ok(durable));
+        }
+        let mut w = self.shared.durable_waiters();
+        let durable = self.durable_lsn();
+        if durable >= lsn {
+            return ready(Ok(durable));
+        }
+        if let Some(e) = &w.stopped {
+            return ready(Err(e.clone()));
+        }
+        if w.list.len() >= self.options.queue_len_max {
+            return ready(Err(WalError::Full {
+                queue_len: w.list.len(),
+                queue_bytes: 0,
+            }));
+        }
+        let (tx, rx) = oneshot::channel();
+        w.list.push((lsn, tx));
+        DurableWait {
+            state: DurableWaitState::Waiting(rx),
+        }
     }
 
     /// The LSN the next append will get.
@@ -369,7 +482,7 @@ impl Writer {
         loop {
             match self.next_batch(&mut batch) {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => return self.shared.stop_durable_waiters(WalError::Closed),
                 Err(e) => return self.poison(e, &mut batch),
             }
             if let Err(e) = self.commit(&mut batch) {
@@ -478,6 +591,7 @@ impl Writer {
         for p in batch.drain(..) {
             let _ = p.done.send(Ok(p.lsn));
         }
+        self.shared.wake_durable(self.written_lsn);
         Ok(())
     }
 
@@ -529,6 +643,7 @@ impl Writer {
         for p in batch.drain(..).chain(queued) {
             let _ = p.done.send(Err(poisoned.clone()));
         }
+        self.shared.stop_durable_waiters(poisoned);
         self.shared.space.notify_all();
     }
 }
