@@ -7,5 +7,6 @@
 //! depends on exactly that subset).
 
 pub mod codec;
+pub mod replay;
 pub mod state;
 pub mod wal;

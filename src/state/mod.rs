@@ -396,6 +396,20 @@ impl State {
         self.applied_lsn.saturating_add(1)
     }
 
+    /// Passes over a record this build does not understand but which its
+    /// writer marked skippable (`wal::KIND_SKIPPABLE`): the LSN is used, the
+    /// state is unchanged, so the next record still applies contiguously.
+    pub fn skip(&mut self, lsn: u64) -> Result<(), StateError> {
+        if self.applied_lsn.checked_add(1) != Some(lsn) {
+            return Err(StateError::NonContiguousLsn {
+                expected: self.next_lsn(),
+                got: lsn,
+            });
+        }
+        self.applied_lsn = lsn;
+        Ok(())
+    }
+
     /// Applies one record at `lsn`, which must be `applied_lsn + 1`. On `Err`
     /// the state is unchanged: every check runs before the first change, and
     /// the one fallible change (the config patch) is itself atomic and last.

@@ -156,6 +156,49 @@ pub enum Record {
     },
 }
 
+/// WAL frame kinds of the daemon's records: one a [`Record`] variant, so a
+/// frame says what it holds before it is decoded (`wal-dump` shows it). The
+/// payload is `codec::encode(&record)`. Kinds never change meaning; a new
+/// variant takes the next number. A kind with `wal::KIND_SKIPPABLE` set is
+/// one an older reader may skip; none of these is.
+pub mod kind {
+    pub const EPOCH: u16 = 1;
+    pub const SESSION_OPEN: u16 = 2;
+    pub const SESSION_CLOSE: u16 = 3;
+    pub const GRANT: u16 = 4;
+    pub const RELEASE: u16 = 5;
+    pub const CONFIG_WRITE: u16 = 6;
+
+    /// Every kind this build writes, with its name (for dumps and errors).
+    pub const ALL: [(u16, &str); 6] = [
+        (EPOCH, "epoch"),
+        (SESSION_OPEN, "session-open"),
+        (SESSION_CLOSE, "session-close"),
+        (GRANT, "grant"),
+        (RELEASE, "release"),
+        (CONFIG_WRITE, "config-write"),
+    ];
+
+    /// The name of a kind this build knows.
+    pub fn name(kind: u16) -> Option<&'static str> {
+        ALL.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n)
+    }
+}
+
+impl Record {
+    /// The WAL frame kind this record is written under.
+    pub fn kind(&self) -> u16 {
+        match self {
+            Record::Epoch { .. } => kind::EPOCH,
+            Record::SessionOpen { .. } => kind::SESSION_OPEN,
+            Record::SessionClose { .. } => kind::SESSION_CLOSE,
+            Record::Grant { .. } => kind::GRANT,
+            Record::Release { .. } => kind::RELEASE,
+            Record::ConfigWrite { .. } => kind::CONFIG_WRITE,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +282,40 @@ mod tests {
         for r in records {
             assert_eq!(decode::<Record>(&encode(&r).unwrap()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn frame_kinds_are_distinct_stable_and_not_skippable() {
+        // Invariant: each variant has its own fixed kind, none is 0 (reserved
+        // by the WAL) and none carries the skippable bit.
+        let s = SessionId(1);
+        let kinds = [
+            Record::Epoch {
+                epoch: 1,
+                started_unix_ms: 0,
+            }
+            .kind(),
+            Record::SessionClose {
+                session: s,
+                reason: CloseReason::Closed,
+            }
+            .kind(),
+            Record::ConfigWrite {
+                session: None,
+                patch_json: "[]".into(),
+                release_config: false,
+                request_id: None,
+            }
+            .kind(),
+        ];
+        assert_eq!(kinds, [1, 3, 6]);
+        let all: std::collections::BTreeSet<u16> = kind::ALL.iter().map(|(k, _)| *k).collect();
+        assert_eq!(all.len(), kind::ALL.len());
+        assert!(all
+            .iter()
+            .all(|k| *k != 0 && k & crate::wal::KIND_SKIPPABLE == 0));
+        assert_eq!(kind::name(kind::GRANT), Some("grant"));
+        assert_eq!(kind::name(99), None);
     }
 
     #[test]
