@@ -98,12 +98,25 @@ pub struct SegmentHeader {
 /// Why a segment header was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderError {
-    TooShort { len: usize },
+    TooShort {
+        len: usize,
+    },
     BadMagic,
-    UnsupportedVersion { version: u32 },
-    BadHeaderLen { header_len: u32 },
-    BadCrc { stored: u32, computed: u32 },
+    UnsupportedVersion {
+        version: u32,
+    },
+    BadHeaderLen {
+        header_len: u32,
+    },
+    BadCrc {
+        stored: u32,
+        computed: u32,
+    },
     ReservedNotZero,
+    /// First LSN 0 or `u64::MAX`: no writer produces either.
+    BadFirstLsn {
+        first_lsn: u64,
+    },
 }
 
 impl SegmentHeader {
@@ -153,9 +166,13 @@ impl SegmentHeader {
         {
             return Err(HeaderError::ReservedNotZero);
         }
+        let first_lsn = u64_at(buf, FIRST_LSN_OFF);
+        if first_lsn == 0 || first_lsn == u64::MAX {
+            return Err(HeaderError::BadFirstLsn { first_lsn });
+        }
         Ok(SegmentHeader {
             segment_seq: u64_at(buf, SEQ_OFF),
-            first_lsn: u64_at(buf, FIRST_LSN_OFF),
+            first_lsn,
             prev_crc: u32_at(buf, PREV_CRC_OFF),
         })
     }
@@ -205,7 +222,7 @@ pub fn encode_frame(
         frame_len <= FRAME_LEN_MAX,
         "frame of {frame_len} bytes exceeds the format"
     );
-    assert!(kind != 0, "record kind 0 is reserved");
+    assert!(kind & !KIND_SKIPPABLE != 0, "record kind 0 is reserved");
     assert_eq!(flags & !FLAGS_KNOWN, 0, "unknown frame flags {flags:#x}");
     let start = out.len();
     out.extend_from_slice(&(frame_len as u32).to_le_bytes());
@@ -252,7 +269,8 @@ pub enum FrameDamage {
         stored: u32,
         computed: u32,
     },
-    /// Kind 0, or flag bits that version 1 does not define.
+    /// Kind 0 (with or without the skippable bit), or flag bits that
+    /// version 1 does not define.
     BadKindOrFlags {
         kind: u16,
         flags: u16,
@@ -294,7 +312,7 @@ pub fn read_frame(buf: &[u8], off: usize) -> FrameRead<'_> {
     }
     let kind = u16_at(rest, KIND_OFF);
     let flags = u16_at(rest, FLAGS_OFF);
-    if kind == 0 || flags & !FLAGS_KNOWN != 0 {
+    if kind & !KIND_SKIPPABLE == 0 || flags & !FLAGS_KNOWN != 0 {
         return FrameRead::Damaged(FrameDamage::BadKindOrFlags { kind, flags });
     }
     if rest[frame_len as usize..padded].iter().any(|&b| b != 0) {
@@ -393,6 +411,40 @@ mod tests {
                     "flip at {field} not caught"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn kind_zero_is_refused_with_or_without_the_skippable_bit() {
+        // Invariant: kind 0 never validates, even as "skippable kind 0".
+        let mut buf = vec![];
+        encode_frame(&mut buf, 1, 0, 1, 0, b"x");
+        buf[KIND_OFF..KIND_OFF + 2].copy_from_slice(&KIND_SKIPPABLE.to_le_bytes());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&buf[..CRC_OFF]);
+        hasher.update(b"x");
+        buf[CRC_OFF..CRC_OFF + 4].copy_from_slice(&hasher.finalize().to_le_bytes());
+        assert!(matches!(
+            read_frame(&buf, 0),
+            FrameRead::Damaged(FrameDamage::BadKindOrFlags { .. })
+        ));
+    }
+
+    #[test]
+    fn first_lsn_zero_or_max_is_refused() {
+        // Invariant: no header claims an LSN no writer can produce, so LSN
+        // arithmetic in readers cannot overflow.
+        for first_lsn in [0, u64::MAX] {
+            let b = SegmentHeader {
+                segment_seq: 0,
+                first_lsn,
+                prev_crc: 0,
+            }
+            .encode();
+            assert_eq!(
+                SegmentHeader::decode(&b),
+                Err(HeaderError::BadFirstLsn { first_lsn })
+            );
         }
     }
 

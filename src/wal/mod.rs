@@ -33,12 +33,17 @@ pub use recovery::{Recovered, RecoveryMode, RecoveryReport, Truncation};
 pub use telemetry::TelemetrySnapshot;
 pub use writer::{Appended, DurableWait, Wal};
 
+/// The largest `batch_bytes_max` accepted. It keeps a batch's record count,
+/// which frames carry as a u32 `batch_index`, far below `u32::MAX`.
+pub const BATCH_BYTES_LIMIT: usize = 1 << 30;
+
 /// Bounds and knobs of one WAL. Every queue and buffer the writer keeps is
 /// bounded by one of these.
 #[derive(Debug, Clone)]
 pub struct WalOptions {
-    /// Size of a segment file; a segment rolls when the next batch would not
-    /// fit. Existing segments keep the size they were made with.
+    /// Size of a segment file. A batch is cut short where the segment ends;
+    /// the segment rolls when the next batch's first record does not fit. A
+    /// reopened last segment is grown to this size if it is smaller.
     pub segment_bytes: u64,
     /// Largest payload one record may carry.
     pub record_bytes_max: usize,
@@ -75,6 +80,12 @@ impl WalOptions {
     pub fn validate(&self) -> Result<(), WalError> {
         let frame_max = format::frame_bytes(self.record_bytes_max) as u64;
         let invalid = |msg: String| Err(WalError::InvalidOptions(msg));
+        if self.batch_bytes_max > BATCH_BYTES_LIMIT {
+            return invalid(format!(
+                "batch_bytes_max {} exceeds {BATCH_BYTES_LIMIT}",
+                self.batch_bytes_max
+            ));
+        }
         if self.record_bytes_max == 0 || self.batch_bytes_max == 0 || self.queue_len_max == 0 {
             return invalid(
                 "record_bytes_max, batch_bytes_max and queue_len_max must be > 0".into(),
@@ -117,9 +128,6 @@ pub enum Damage {
     BatchMismatch { expected: u32, found: u32 },
     /// The log ends inside a batch: its last frame is not marked batch end.
     IncompleteBatch,
-    /// A valid record of another batch follows damaged bytes: this is not a
-    /// torn write of the last batch, the middle of the log is damaged.
-    ValidAfterDamage { offset: u64, lsn: u64 },
     /// A segment header that does not validate.
     Header(HeaderError),
     /// The header's first LSN is not the one in the file name.
@@ -178,9 +186,6 @@ impl fmt::Display for Damage {
                 write!(f, "batch index {found} where {expected} was expected")
             }
             Damage::IncompleteBatch => write!(f, "log ends inside a group-commit batch"),
-            Damage::ValidAfterDamage { offset, lsn } => {
-                write!(f, "valid record LSN {lsn} at offset {offset} follows the damage")
-            }
             Damage::Header(h) => write!(f, "bad segment header: {h:?}"),
             Damage::Misnamed { name_lsn, header_lsn } => {
                 write!(f, "file named for LSN {name_lsn} holds a segment starting at {header_lsn}")

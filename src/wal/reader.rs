@@ -112,7 +112,8 @@ pub fn scan_segment(buf: &[u8], header: SegmentHeader) -> SegmentScan {
             }
             FrameRead::Damaged(d) => break Damage::Frame(d),
             FrameRead::Frame { header: fh, .. } => {
-                if fh.lsn != expected {
+                // u64::MAX is never written (the next LSN would overflow).
+                if fh.lsn != expected || fh.lsn == u64::MAX {
                     break Damage::LsnMismatch {
                         expected,
                         found: fh.lsn,
@@ -178,7 +179,9 @@ fn survivors_consistent(
     let mut lsn_max = None;
     // Frames are at least a header long, so LSNs beyond this cannot be ours:
     // checking the range before the CRC keeps the scan linear on garbage.
-    let lsn_limit = expected + (buf.len().saturating_sub(from) / FRAME_HEADER_LEN) as u64 + 1;
+    let lsn_limit = expected
+        .saturating_add((buf.len().saturating_sub(from) / FRAME_HEADER_LEN) as u64)
+        .saturating_add(1);
     while off + FRAME_HEADER_LEN <= buf.len() {
         let Some(nz) = first_nonzero(buf, off) else {
             break;
@@ -267,47 +270,60 @@ pub struct Frames<'a> {
     buf: &'a [u8],
     off: usize,
     end: usize,
+    /// The LSN the next frame should have, for error reports.
+    next_lsn: u64,
 }
 
 impl<'a> Frames<'a> {
     pub fn new(buf: &'a [u8], end: usize) -> Frames<'a> {
+        let next_lsn = SegmentHeader::decode(buf).map_or(0, |h| h.first_lsn);
         Frames {
             buf,
             off: SEGMENT_HEADER_LEN,
             end: end.min(buf.len()),
+            next_lsn,
         }
     }
 }
 
+/// Where a range that was valid when scanned no longer is (another process
+/// wrote to the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameError {
+    pub offset: u64,
+    pub lsn: u64,
+    pub damage: Damage,
+}
+
 impl<'a> Iterator for Frames<'a> {
-    /// A frame, or the offset and damage where a range that was valid when
-    /// scanned no longer is (another process wrote to the file).
-    type Item = Result<Record<'a>, (u64, Damage)>;
+    type Item = Result<Record<'a>, FrameError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.off >= self.end {
             return None;
         }
         let off = self.off;
-        match read_frame(&self.buf[..self.end], off) {
+        let damage = match read_frame(&self.buf[..self.end], off) {
             FrameRead::Frame { header, payload } => {
                 self.off += header.padded_len();
-                Some(Ok(Record {
+                self.next_lsn = header.lsn.saturating_add(1);
+                let rec = Record {
                     lsn: header.lsn,
                     kind: header.kind,
                     payload,
                     offset: off as u64,
                     header,
-                }))
+                };
+                return Some(Ok(rec));
             }
-            FrameRead::Damaged(d) => {
-                self.off = self.end;
-                Some(Err((off as u64, Damage::Frame(d))))
-            }
-            FrameRead::End => {
-                self.off = self.end;
-                Some(Err((off as u64, Damage::GarbageAfterEnd)))
-            }
-        }
+            FrameRead::Damaged(d) => Damage::Frame(d),
+            FrameRead::End => Damage::GarbageAfterEnd,
+        };
+        self.off = self.end;
+        Some(Err(FrameError {
+            offset: off as u64,
+            lsn: self.next_lsn,
+            damage,
+        }))
     }
 }
 

@@ -11,7 +11,7 @@ use super::format::{read_frame, FrameRead, SEGMENT_HEADER_LEN};
 use super::reader::{
     list_segments, scan_segment, segment_header, Frames, Problem, Record, SegmentFile, SegmentScan,
 };
-use super::segment::{broken_path, is_temp_name};
+use super::segment::{broken_path, is_temp_name, parse_segment_name};
 use super::storage::Storage;
 use super::{Damage, WalError, WalOptions};
 
@@ -118,11 +118,11 @@ impl Recovered {
     pub fn records(&self) -> impl Iterator<Item = Result<Record<'_>, WalError>> + '_ {
         self.segments.iter().flat_map(|(file, end)| {
             Frames::new(&file.view, *end).map(move |r| {
-                r.map_err(|(offset, kind)| WalError::Corrupted {
+                r.map_err(|e| WalError::Corrupted {
                     segment: file.path.clone(),
-                    offset,
-                    lsn: 0,
-                    kind,
+                    offset: e.offset,
+                    lsn: e.lsn,
+                    kind: e.damage,
                 })
             })
         })
@@ -233,6 +233,22 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Wa
     move |e| WalError::io(op, path, e)
 }
 
+/// Makes durable whatever an earlier process of this boot left in the page
+/// cache: segment names whose directory sync never ran (it died between a
+/// rename and the sync) and segment data whose fdatasync never ran. Without
+/// this, a restart could append to and acknowledge records on top of state
+/// that a power loss would still take back.
+fn sync_existing(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
+    storage.sync_dir(dir).map_err(io("fsync directory", dir))?;
+    let names = storage.list(dir).map_err(io("list", dir))?;
+    for name in names.iter().filter(|n| parse_segment_name(n).is_some()) {
+        let path = dir.join(name);
+        let mut file = storage.open_write(&path).map_err(io("open", &path))?;
+        file.sync_all().map_err(io("fsync", &path))?;
+    }
+    Ok(())
+}
+
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     let names = storage
         .list(dir)
@@ -280,7 +296,7 @@ pub(crate) fn recover(
     storage
         .create_dir_all(dir)
         .map_err(|e| WalError::io("create directory", dir, e))?;
-    let removed_temp_files = remove_temp_files(storage, dir)?;
+    sync_existing(storage, dir)?;
     let mut scan = scan_dir(storage, dir)?;
     let mut truncation = None;
     if let Some((i, p)) = scan.problem {
@@ -301,6 +317,9 @@ pub(crate) fn recover(
         }
         truncation = Some(cut(storage, dir, &mut scan, i, &p)?);
     }
+    // Only now, with the mode's verdict in and the format version known,
+    // may recovery change the directory.
+    let removed_temp_files = remove_temp_files(storage, dir)?;
     let DirScan {
         segments, scans, ..
     } = scan;

@@ -30,7 +30,7 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 
 pub fn is_temp_name(name: &str) -> bool {
     name.strip_suffix(TEMP_SUFFIX)
-        .is_some_and(|d| d.len() == LSN_DIGITS)
+        .is_some_and(|d| d.len() == LSN_DIGITS && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A name for the side file that keeps bytes cut from `segment`: the first

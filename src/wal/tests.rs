@@ -649,3 +649,32 @@ fn wait_durable_fails_when_the_log_closes_first() {
         Err(WalError::Closed)
     ));
 }
+
+#[test]
+fn a_restart_makes_what_the_last_process_left_in_the_page_cache_durable() {
+    // Invariant: records acknowledged after a restart survive power loss,
+    // even when the previous process died between a segment rename and its
+    // directory sync (regression: recovery used to build on unsynced names).
+    let mem = MemStorage::new();
+    let (wal, _) = mem_open(&mem, small()).unwrap();
+    append_all(&wal, 1..=2);
+    // Fail the directory sync that follows the next segment rename.
+    mem.inject(Fault::SyncDirIo, 1);
+    let mut lsn = 3;
+    while wal.append(1, payload(lsn)).and_then(|a| a.wait()).is_ok() {
+        lsn += 1;
+    }
+    drop(wal);
+    // A process restart in the same boot: the page cache is still there.
+    let (wal, rec) = mem_open(&mem, small()).unwrap();
+    let recovered = records(&rec).len() as u64;
+    let next = recovered + 1;
+    append_all(&wal, next..=next + 2);
+    drop((wal, rec));
+    let (_, after_power_loss) = mem_open(&mem.crash(CrashMode::DropUnsynced), small()).unwrap();
+    assert_eq!(
+        records(&after_power_loss).len() as u64,
+        next + 2,
+        "acknowledged records lost"
+    );
+}

@@ -196,7 +196,16 @@ impl Wal {
     /// replays `Recovered::records()` before appending.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
         options.validate()?;
-        std::fs::create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
+            // The new directory's own name must be durable before anything
+            // acknowledged lives in it.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                StdStorage
+                    .sync_dir(parent)
+                    .map_err(|e| WalError::io("fsync directory", parent, e))?;
+            }
+        }
         let lock = DirLock::acquire(dir)?;
         let (mut wal, recovered) = Wal::open_with(Arc::new(StdStorage), dir, options)?;
         wal._lock = Some(lock);
@@ -297,7 +306,10 @@ impl Wal {
     }
 
     fn enqueue(&self, kind: u16, payload: Vec<u8>, wait: bool) -> Result<Appended, WalError> {
-        assert!(kind != 0, "record kind 0 is reserved");
+        assert!(
+            kind & !super::format::KIND_SKIPPABLE != 0,
+            "record kind 0 is reserved"
+        );
         let len = payload.len();
         if len > self.options.record_bytes_max {
             return Err(WalError::RecordTooLarge {
