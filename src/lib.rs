@@ -6,7 +6,15 @@
 //! the codec and the pure state machines build without them (`wal-tools`
 //! depends on exactly that subset).
 
+#[cfg(feature = "daemon")]
+pub mod actors;
+#[cfg(feature = "daemon")]
+pub mod api;
+#[cfg(feature = "daemon")]
+pub mod client;
 pub mod codec;
 pub mod replay;
+#[cfg(feature = "daemon")]
+pub mod server;
 pub mod state;
 pub mod wal;

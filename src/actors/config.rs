@@ -1,0 +1,114 @@
+//! The config actor: serves `GET /v1/config*` from its own copy of the
+//! document, so large reads never hold up the lock actor's decisions.
+//!
+//! The copy changes only by [`Publish`], which the lock actor sends for each
+//! config record it applied, in LSN order, before it takes its next message.
+//! A read answers only once the LSN of the last change it shows is durable
+//! (G4), so it never shows a change a crash could take back.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{durable_wait_failed, fail_stop, Reply, CONFIG_MAILBOX_MAX};
+use crate::api::error::ApiError;
+use crate::state::config::parse_patch;
+use crate::state::ConfigState;
+use crate::wal::Wal;
+
+pub struct ConfigActor {
+    config: ConfigState,
+    /// The LSN of the record that last changed the document (0: none).
+    lsn: u64,
+    wal: Arc<Wal>,
+}
+
+impl ConfigActor {
+    pub fn new(config: ConfigState, lsn: u64, wal: Arc<Wal>) -> ConfigActor {
+        ConfigActor { config, lsn, wal }
+    }
+}
+
+impl Actor for ConfigActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(CONFIG_MAILBOX_MAX);
+    }
+}
+
+/// A config record the lock actor applied at `lsn`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub lsn: u64,
+    pub patch_json: String,
+}
+
+impl Handler<Publish> for ConfigActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) {
+        // The same patch already applied to the same document in the lock
+        // actor's state, so failing here means the copies diverged: a bug
+        // that must not be served.
+        let applied = parse_patch(&msg.patch_json).and_then(|p| self.config.apply_patch(&p));
+        if let Err(e) = applied {
+            fail_stop(&format!("config copy diverged at LSN {}: {e}", msg.lsn));
+        }
+        assert!(msg.lsn > self.lsn, "config records out of LSN order");
+        self.lsn = msg.lsn;
+    }
+}
+
+/// A read of the whole document (`pointer: None`) or of one value. The
+/// answer is the JSON response body.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GetConfig {
+    pub pointer: Option<String>,
+    pub reply: Reply<Vec<u8>>,
+}
+
+#[derive(Serialize)]
+struct WholeRef<'a> {
+    serial: u64,
+    lsn: u64,
+    config: &'a Value,
+}
+
+#[derive(Serialize)]
+struct ValueRef<'a> {
+    serial: u64,
+    value: &'a Value,
+}
+
+impl Handler<GetConfig> for ConfigActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: GetConfig, _ctx: &mut Self::Context) {
+        let serial = self.config.serial();
+        let internal = |e: serde_json::Error| ApiError::new(500, "internal", e.to_string());
+        // A missing value is an answer about the document too, so it waits
+        // for durability like any other.
+        let body = match &msg.pointer {
+            None => serde_json::to_vec(&WholeRef {
+                serial,
+                lsn: self.lsn,
+                config: self.config.doc(),
+            })
+            .map_err(internal),
+            Some(p) => match self.config.get(p) {
+                Some(value) => serde_json::to_vec(&ValueRef { serial, value }).map_err(internal),
+                None => Err(ApiError::not_found(format!("no config value at {p:?}"))),
+            },
+        };
+        let wait = self.wal.wait_durable(self.lsn);
+        actix::spawn(async move {
+            let gate = wait.await.map(drop).map_err(durable_wait_failed);
+            let _ = msg.reply.send(gate.and(body));
+        });
+    }
+}

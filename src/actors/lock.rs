@@ -1,0 +1,908 @@
+//! The lock actor: the sequencer of every change. It owns the whole
+//! [`State`] (sessions, locks, waiters, dedup and the config document), so a
+//! config write is decided together with the lock it needs, and the order in
+//! which it applies records is the LSN order.
+//!
+//! One message is one *step*: decide, apply each record in memory at the
+//! next LSN (so the next decision sees it), then, without taking another
+//! message (`ctx.wait`), publish config changes to the config actor and hand
+//! the records to the WAL actor. The step's answers are sent only when the
+//! step's last LSN is durable; a step that changed nothing still waits for
+//! the LSN it read at (G4).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::config::{ConfigActor, Publish};
+use super::wal::{Append, WalActor};
+use super::{durable_wait_failed, fail_stop, Reply, LOCK_MAILBOX_MAX};
+use crate::api::error::ApiError;
+use crate::api::types::{
+    AcquireResponse, HolderView, LockSpec, LocksView, ReleaseResponse, SessionCreated, SessionList,
+    SessionView, Status, TxnResponse, WaiterView, WriteResponse,
+};
+use crate::replay::encode_record;
+use crate::state::{
+    CloseReason, LockMode, LockRequest, Outcome, Record, SessionId, State, StateError, Waiter,
+    WaiterId, CONFIG_LOCK,
+};
+use crate::wal::Wal;
+
+/// The longest a request may wait for locks or for the config lock.
+pub const WAIT_MS_MAX: u64 = 3_600_000;
+/// One-shot transactions waiting for the config lock, at most.
+pub const TXN_WAITERS_MAX: usize = 4_096;
+/// How often leases are checked. A lease ends at most this late.
+pub const EXPIRY_TICK_MS: u64 = 100;
+
+type Answer = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
+
+/// Binds an answer to its reply channel; it is sent when the step is
+/// durable (`Ok`), or replaced by the error that prevented that.
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, ApiError>) -> Answer {
+    Box::new(move |gate| {
+        let _ = reply.send(gate.and(result));
+    })
+}
+
+/// The records and answers of one step.
+struct Step {
+    /// Whether the step's first record may still be refused for a full WAL
+    /// queue (a client request); timer steps must log what they decided.
+    refusable: bool,
+    first_lsn: u64,
+    frames: Vec<(u16, Vec<u8>)>,
+    publishes: Vec<Publish>,
+    answers: Vec<Answer>,
+}
+
+impl Step {
+    fn new(refusable: bool) -> Step {
+        Step {
+            refusable,
+            first_lsn: 0,
+            frames: Vec::new(),
+            publishes: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+}
+
+struct PendingTxn {
+    seq: u64,
+    patch_json: String,
+    if_serial: Option<u64>,
+    request_id: Option<String>,
+    reply: Reply<TxnResponse>,
+}
+
+pub struct LockActor {
+    state: State,
+    /// Read side of the log: queue room and durability waits. Appends go
+    /// through `wal_actor` only.
+    wal: Arc<Wal>,
+    wal_actor: Addr<WalActor>,
+    config: Addr<ConfigActor>,
+    /// Monotonic origin of the millisecond clock the state machines get.
+    clock: Instant,
+    /// Waiter ids and arrival order, for waiters and waiting transactions.
+    next_seq: u64,
+    waiting: HashMap<WaiterId, Reply<AcquireResponse>>,
+    txns: VecDeque<PendingTxn>,
+}
+
+impl LockActor {
+    pub fn new(
+        state: State,
+        wal: Arc<Wal>,
+        wal_actor: Addr<WalActor>,
+        config: Addr<ConfigActor>,
+    ) -> LockActor {
+        LockActor {
+            state,
+            wal,
+            wal_actor,
+            config,
+            clock: Instant::now(),
+            next_seq: 1,
+            waiting: HashMap::new(),
+            txns: VecDeque::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Applies `record` at the next LSN and queues it for the log. On `Err`
+    /// nothing changed (apply is atomic) and nothing will be logged.
+    fn apply(
+        &mut self,
+        step: &mut Step,
+        record: Record,
+    ) -> Result<crate::state::Applied, ApiError> {
+        let (kind, payload) =
+            encode_record(&record).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+        let options = self.wal.options();
+        if payload.len() > options.record_bytes_max {
+            return Err(ApiError::new(
+                413,
+                "too_large",
+                format!(
+                    "record of {} bytes exceeds the limit of {} bytes",
+                    payload.len(),
+                    options.record_bytes_max
+                ),
+            ));
+        }
+        if step.refusable && step.frames.is_empty() {
+            // Only this actor appends, one step at a time, so room seen here
+            // is still there when the WAL actor appends.
+            let (len, bytes) = self.wal.queue_depth();
+            if len >= options.queue_len_max || bytes + payload.len() > options.queue_bytes_max {
+                return Err(ApiError::busy("the WAL queue"));
+            }
+        }
+        let lsn = self.state.next_lsn();
+        let applied = self.state.apply(lsn, &record)?;
+        if let Record::ConfigWrite { patch_json, .. } = record {
+            step.publishes.push(Publish { lsn, patch_json });
+        }
+        if step.frames.is_empty() {
+            step.first_lsn = lsn;
+        }
+        step.frames.push((kind, payload));
+        Ok(applied)
+    }
+
+    /// Ends a step: publishes and logs its records in order, then answers
+    /// once everything the step applied or read is durable.
+    fn finish(&mut self, step: Step, ctx: &mut Context<Self>) {
+        let visible_lsn = self.state.applied_lsn();
+        let Step {
+            first_lsn,
+            frames,
+            publishes,
+            answers,
+            ..
+        } = step;
+        if frames.is_empty() {
+            if answers.is_empty() {
+                return;
+            }
+            let wait = self.wal.wait_durable(visible_lsn);
+            actix::spawn(async move {
+                let gate = wait.await.map(drop).map_err(durable_wait_failed);
+                answers.into_iter().for_each(|a| a(gate.clone()));
+            });
+            return;
+        }
+        let count = frames.len() as u64;
+        let config = self.config.clone();
+        let wal_actor = self.wal_actor.clone();
+        let send = async move {
+            for p in publishes {
+                config
+                    .send(p)
+                    .await
+                    .map_err(|e| format!("config actor: {e}"))?;
+            }
+            match wal_actor.send(Append { frames }).await {
+                Ok(Ok(appended)) => Ok(appended),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("WAL actor: {e}")),
+            }
+        };
+        // ctx.wait: no other message is handled until the records are in the
+        // log's queue, so queue order (LSN order) is decision order.
+        ctx.wait(send.into_actor(self).map(move |sent, _act, _ctx| {
+            let appended = sent.unwrap_or_else(|e| fail_stop(&e));
+            let lsns: Vec<u64> = appended.iter().map(|a| a.lsn()).collect();
+            let expected: Vec<u64> = (first_lsn..first_lsn + count).collect();
+            if lsns != expected {
+                fail_stop(&format!(
+                    "the log assigned LSNs {lsns:?} to records applied at {expected:?}"
+                ));
+            }
+            actix::spawn(async move {
+                for a in appended {
+                    if let Err(e) = a.await {
+                        fail_stop(&e);
+                    }
+                }
+                answers.into_iter().for_each(|a| a(Ok(())));
+            });
+        }));
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// After locks were freed or a waiter left: run waiting transactions
+    /// that may go now, then grant every grantable waiter, in queue order,
+    /// each as its own Grant record.
+    fn wake(&mut self, step: &mut Step) {
+        self.run_txns(step);
+        loop {
+            let pass = self.state.grantable_waiters();
+            let refused = !pass.refuse.is_empty();
+            for (id, err) in pass.refuse {
+                self.state.cancel_waiter(id);
+                if let Some(reply) = self.waiting.remove(&id) {
+                    step.answers.push(answer(reply, Err(err.into())));
+                }
+            }
+            for id in pass.grant {
+                let result = self
+                    .state
+                    .grant_waiter(id)
+                    .map_err(ApiError::from)
+                    .and_then(|(_, record)| self.apply(step, record))
+                    .map(|applied| granted(applied.outcome));
+                if let Some(reply) = self.waiting.remove(&id) {
+                    step.answers.push(answer(reply, result));
+                }
+            }
+            // A refused waiter left the queue and may have blocked others.
+            if !refused {
+                break;
+            }
+        }
+    }
+
+    /// Whether the waiting transaction `seq` may take the config lock now:
+    /// nobody holds it, and no session waiter that is more urgent, or as
+    /// urgent and earlier, wants it.
+    fn txn_may_run(&self, seq: u64) -> bool {
+        let held = self
+            .state
+            .locks()
+            .holders_of(CONFIG_LOCK)
+            .is_some_and(|h| !h.is_empty());
+        let ahead = self.state.locks().waiters().any(|w| {
+            w.locks.iter().any(|l| l.name == CONFIG_LOCK)
+                && (w.priority < 0 || (w.priority == 0 && w.seq < seq))
+        });
+        !held && !ahead
+    }
+
+    fn run_txns(&mut self, step: &mut Step) {
+        while let Some(head) = self.txns.front() {
+            if !self.txn_may_run(head.seq) {
+                break;
+            }
+            let Some(txn) = self.txns.pop_front() else {
+                break;
+            };
+            let result = self.txn_now(step, txn.patch_json, txn.if_serial, txn.request_id);
+            step.answers.push(answer(txn.reply, result));
+        }
+    }
+
+    /// Runs a transaction that may take the config lock now.
+    fn txn_now(
+        &mut self,
+        step: &mut Step,
+        patch_json: String,
+        if_serial: Option<u64>,
+        request_id: Option<String>,
+    ) -> Result<TxnResponse, ApiError> {
+        if let Some(done) = self.dedup(None, request_id.as_deref()) {
+            return txn_outcome(done);
+        }
+        check_serial(self.state.config().serial(), if_serial)?;
+        let record = Record::ConfigWrite {
+            session: None,
+            patch_json,
+            release_config: false,
+            request_id,
+        };
+        let applied = self.apply(step, record)?;
+        txn_outcome(applied.outcome.ok_or_else(missing_outcome)?)
+    }
+
+    fn dedup(&self, session: Option<SessionId>, request_id: Option<&str>) -> Option<Outcome> {
+        request_id.and_then(|id| self.state.dedup().lookup(session, id).cloned())
+    }
+
+    fn check_session(&self, session: SessionId) -> Result<(), ApiError> {
+        match self.state.sessions().contains(session) {
+            true => Ok(()),
+            false => Err(StateError::UnknownSession { session }.into()),
+        }
+    }
+
+    /// Sessions whose lease ran out are closed by a logged record each.
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        let now_ms = self.now_ms();
+        let expired = self.state.expired_sessions(now_ms);
+        if expired.is_empty() {
+            return;
+        }
+        let mut step = Step::new(false);
+        for session in expired {
+            tracing::info!(%session, "session lease expired");
+            self.close(&mut step, session, CloseReason::Expired)
+                .unwrap_or_else(|e| fail_stop(&format!("expiring session {session}: {e}")));
+        }
+        self.wake(&mut step);
+        self.finish(step, ctx);
+    }
+
+    fn close(
+        &mut self,
+        step: &mut Step,
+        session: SessionId,
+        reason: CloseReason,
+    ) -> Result<u64, ApiError> {
+        self.check_session(session)?;
+        let applied = self.apply(step, Record::SessionClose { session, reason })?;
+        for id in applied.cancelled_waiters {
+            if let Some(reply) = self.waiting.remove(&id) {
+                let err = ApiError::new(
+                    409,
+                    "session_closed",
+                    format!("session {session} closed while its request waited"),
+                );
+                step.answers.push(answer(reply, Err(err)));
+            }
+        }
+        Ok(applied.lsn)
+    }
+
+    fn waiter_timed_out(&mut self, id: WaiterId, ctx: &mut Context<Self>) {
+        let Some(reply) = self.waiting.remove(&id) else {
+            return;
+        };
+        let mut step = Step::new(false);
+        if let Some(w) = self.state.cancel_waiter(id) {
+            let blockers = self
+                .state
+                .locks()
+                .blockers(Some(w.session), &w.locks, w.priority);
+            step.answers.push(answer(reply, Ok(not_granted(blockers))));
+        }
+        self.wake(&mut step);
+        self.finish(step, ctx);
+    }
+
+    fn txn_timed_out(&mut self, seq: u64, wait_ms: u64, ctx: &mut Context<Self>) {
+        let Some(pos) = self.txns.iter().position(|t| t.seq == seq) else {
+            return;
+        };
+        let Some(txn) = self.txns.remove(pos) else {
+            return;
+        };
+        let mut step = Step::new(false);
+        let err = ApiError::new(
+            409,
+            "config_locked",
+            format!("the config lock stayed busy for {wait_ms} ms"),
+        );
+        step.answers.push(answer(txn.reply, Err(err)));
+        // The transaction left the queue; one behind it may go now.
+        self.wake(&mut step);
+        self.finish(step, ctx);
+    }
+}
+
+fn granted(outcome: Option<Outcome>) -> AcquireResponse {
+    match outcome {
+        Some(Outcome::Granted { token, lsn, locks }) => AcquireResponse {
+            granted: true,
+            token: Some(token),
+            lsn: Some(lsn),
+            locks: Some(locks.iter().map(LockSpec::from).collect()),
+            blockers: None,
+        },
+        _ => not_granted(Vec::new()),
+    }
+}
+
+fn not_granted(blockers: Vec<SessionId>) -> AcquireResponse {
+    AcquireResponse {
+        granted: false,
+        token: None,
+        lsn: None,
+        locks: None,
+        blockers: Some(blockers.iter().map(SessionId::to_string).collect()),
+    }
+}
+
+fn missing_outcome() -> ApiError {
+    ApiError::new(500, "internal", "applied record carried no outcome")
+}
+
+fn reused_id() -> ApiError {
+    ApiError::new(
+        409,
+        "duplicate_request",
+        "this request id was already used for a different kind of request",
+    )
+}
+
+fn txn_outcome(outcome: Outcome) -> Result<TxnResponse, ApiError> {
+    match outcome {
+        Outcome::TxnApplied { serial, lsn } => Ok(TxnResponse {
+            applied: true,
+            serial,
+            lsn,
+        }),
+        _ => Err(reused_id()),
+    }
+}
+
+fn write_outcome(outcome: Outcome) -> Result<WriteResponse, ApiError> {
+    match outcome {
+        Outcome::Written { serial, lsn, .. } => Ok(WriteResponse {
+            applied: true,
+            lock_was_held: true,
+            serial: Some(serial),
+            lsn: Some(lsn),
+        }),
+        _ => Err(reused_id()),
+    }
+}
+
+fn check_serial(serial: u64, if_serial: Option<u64>) -> Result<(), ApiError> {
+    match if_serial {
+        Some(want) if want != serial => Err(ApiError::new(
+            409,
+            "serial_mismatch",
+            format!("config serial is {serial}, not {want}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_wait(wait_ms: u64) -> Result<(), ApiError> {
+    if wait_ms > WAIT_MS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms {wait_ms} exceeds the limit of {WAIT_MS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+impl Actor for LockActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(LOCK_MAILBOX_MAX);
+        // Clients could not reach a stopped daemon: every lease starts anew.
+        let now_ms = self.now_ms();
+        self.state.grant_grace(now_ms);
+        ctx.run_interval(Duration::from_millis(EXPIRY_TICK_MS), |act, ctx| {
+            act.expire(ctx)
+        });
+    }
+}
+
+/// Defines a request message carrying its reply channel.
+macro_rules! request {
+    ($(#[$doc:meta])* $name:ident -> $reply:ty { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Message)]
+        #[rtype(result = "()")]
+        pub struct $name {
+            $(pub $field: $ty,)*
+            pub reply: Reply<$reply>,
+        }
+    };
+}
+
+request!(CreateSession -> SessionCreated { session: SessionId, name: Option<String>, ttl_ms: u64 });
+request!(Keepalive -> SessionView { session: SessionId });
+request!(CloseSession -> ReleaseResponse { session: SessionId });
+request!(ListSessions -> SessionList {});
+request!(
+    /// `priority` already range-checked by the API layer.
+    Acquire -> AcquireResponse {
+        session: SessionId,
+        locks: Vec<LockRequest>,
+        wait_ms: u64,
+        priority: i8,
+        min: Option<usize>,
+        request_id: Option<String>,
+    }
+);
+request!(
+    /// `release: None` releases everything held.
+    Release -> ReleaseResponse {
+        session: SessionId,
+        release: Option<Vec<String>>,
+        downgrade: Vec<String>,
+        request_id: Option<String>,
+    }
+);
+request!(GetLocks -> LocksView {});
+request!(Write -> WriteResponse {
+    session: SessionId,
+    patch_json: String,
+    release: bool,
+    request_id: Option<String>,
+});
+request!(Txn -> TxnResponse {
+    patch_json: String,
+    if_serial: Option<u64>,
+    wait_ms: u64,
+    request_id: Option<String>,
+});
+request!(GetStatus -> Status {});
+
+impl Handler<CreateSession> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: CreateSession, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        let record = Record::SessionOpen {
+            session: m.session,
+            name: m.name,
+            ttl_ms: m.ttl_ms,
+        };
+        let result = self.apply(&mut step, record).map(|_| {
+            // The lease starts now, not at the first keepalive.
+            let now_ms = self.now_ms();
+            let _ = self.state.keepalive(m.session, now_ms);
+            SessionCreated {
+                session: m.session.to_string(),
+                ttl_ms: m.ttl_ms,
+                epoch: self.state.epoch(),
+            }
+        });
+        step.answers.push(answer(m.reply, result));
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<Keepalive> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Keepalive, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        let now_ms = self.now_ms();
+        let result = match self.state.keepalive(m.session, now_ms) {
+            Ok(()) => Ok(self.session_view(m.session, now_ms)),
+            // An expired lease is as gone as an unknown one to the client.
+            Err(StateError::LeaseExpired { session }) => Err(ApiError::new(
+                404,
+                "unknown_session",
+                format!("the lease of session {session} has expired"),
+            )),
+            Err(e) => Err(e.into()),
+        };
+        step.answers.push(answer(m.reply, result));
+        self.finish(step, ctx);
+    }
+}
+
+impl LockActor {
+    fn session_view(&self, session: SessionId, now_ms: u64) -> SessionView {
+        let info = self.state.sessions().get(session);
+        SessionView {
+            session: session.to_string(),
+            name: info.and_then(|i| i.name.clone()),
+            ttl_ms: info.map_or(0, |i| i.ttl_ms),
+            lease_remaining_ms: self
+                .state
+                .sessions()
+                .deadline_ms(session)
+                .map(|d| d.saturating_sub(now_ms)),
+        }
+    }
+}
+
+impl Handler<CloseSession> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: CloseSession, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        let result = self
+            .close(&mut step, m.session, CloseReason::Closed)
+            .map(|lsn| ReleaseResponse {
+                released: true,
+                lsn,
+            });
+        step.answers.push(answer(m.reply, result));
+        self.wake(&mut step);
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<ListSessions> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: ListSessions, ctx: &mut Self::Context) {
+        let now_ms = self.now_ms();
+        let sessions = self
+            .state
+            .sessions()
+            .iter()
+            .map(|(id, _)| self.session_view(id, now_ms))
+            .collect();
+        let mut step = Step::new(true);
+        step.answers
+            .push(answer(m.reply, Ok(SessionList { sessions })));
+        self.finish(step, ctx);
+    }
+}
+
+/// How an acquire ends its step.
+enum Acquired {
+    Now(AcquireResponse),
+    /// Queued as this waiter; the answer comes with the grant or timeout.
+    Waiting(WaiterId),
+}
+
+impl LockActor {
+    fn acquire(&mut self, step: &mut Step, m: &Acquire) -> Result<Acquired, ApiError> {
+        let (session, priority) = (m.session, m.priority);
+        check_wait(m.wait_ms)?;
+        self.check_session(session)?;
+        if let Some(done) = self.dedup(Some(session), m.request_id.as_deref()) {
+            return match done {
+                Outcome::Granted { .. } => Ok(Acquired::Now(granted(Some(done)))),
+                _ => Err(reused_id()),
+            };
+        }
+        if let Some(min) = m.min {
+            if m.wait_ms > 0 {
+                return Err(ApiError::bad_request(
+                    "an opportunistic acquire (min) does not wait; omit wait_ms",
+                ));
+            }
+            if min > m.locks.len() {
+                return Err(ApiError::bad_request(format!(
+                    "min {min} exceeds the {} locks asked for",
+                    m.locks.len()
+                )));
+            }
+            let decided = self.state.decide_opportunistic(
+                session,
+                &m.locks,
+                min,
+                priority,
+                m.request_id.clone(),
+            )?;
+            let response = match decided {
+                Some(record) => granted(self.apply(step, record)?.outcome),
+                None => not_granted(
+                    self.state
+                        .locks()
+                        .blockers(Some(session), &m.locks, priority),
+                ),
+            };
+            return Ok(Acquired::Now(response));
+        }
+        let decided =
+            self.state
+                .decide_grant(session, m.locks.clone(), priority, m.request_id.clone());
+        match decided {
+            Ok(record) => Ok(Acquired::Now(granted(self.apply(step, record)?.outcome))),
+            Err(StateError::Blocked { blockers }) if m.wait_ms == 0 => {
+                Ok(Acquired::Now(not_granted(blockers)))
+            }
+            Err(StateError::Blocked { .. }) => {
+                let seq = self.next_seq();
+                let id = WaiterId(seq);
+                self.state.enqueue_waiter(Waiter {
+                    id,
+                    session,
+                    locks: m.locks.clone(),
+                    priority,
+                    seq,
+                    enqueued_ms: self.now_ms(),
+                    request_id: m.request_id.clone(),
+                })?;
+                Ok(Acquired::Waiting(id))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Handler<Acquire> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Acquire, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        match self.acquire(&mut step, &m) {
+            Ok(Acquired::Now(response)) => step.answers.push(answer(m.reply, Ok(response))),
+            Ok(Acquired::Waiting(id)) => {
+                self.waiting.insert(id, m.reply);
+                ctx.run_later(Duration::from_millis(m.wait_ms), move |act, ctx| {
+                    act.waiter_timed_out(id, ctx)
+                });
+            }
+            Err(e) => step.answers.push(answer(m.reply, Err(e))),
+        }
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<Release> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Release, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        let result = (|| {
+            self.check_session(m.session)?;
+            if let Some(done) = self.dedup(Some(m.session), m.request_id.as_deref()) {
+                return match done {
+                    Outcome::Released { lsn } => Ok(ReleaseResponse {
+                        released: true,
+                        lsn,
+                    }),
+                    _ => Err(reused_id()),
+                };
+            }
+            let record = match m.release {
+                None if m.downgrade.is_empty() => {
+                    self.state.decide_release_all(m.session, m.request_id)?
+                }
+                release => self.state.decide_release(
+                    m.session,
+                    release.unwrap_or_default(),
+                    m.downgrade,
+                    m.request_id,
+                )?,
+            };
+            let applied = self.apply(&mut step, record)?;
+            Ok(ReleaseResponse {
+                released: true,
+                lsn: applied.lsn,
+            })
+        })();
+        step.answers.push(answer(m.reply, result));
+        self.wake(&mut step);
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<GetLocks> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: GetLocks, ctx: &mut Self::Context) {
+        let now_ms = self.now_ms();
+        let locks = self.state.locks();
+        let holders = locks
+            .held()
+            .flat_map(|(name, holders)| {
+                holders.iter().map(move |(session, hold)| HolderView {
+                    name: name.to_string(),
+                    session: session.to_string(),
+                    mode: hold.mode.into(),
+                    token: hold.token,
+                })
+            })
+            .collect();
+        let waiters = locks
+            .waiters()
+            .map(|w| WaiterView {
+                session: w.session.to_string(),
+                locks: w.locks.iter().map(LockSpec::from).collect(),
+                priority: w.priority,
+                age_ms: now_ms.saturating_sub(w.enqueued_ms),
+            })
+            .collect();
+        let mut step = Step::new(true);
+        step.answers
+            .push(answer(m.reply, Ok(LocksView { holders, waiters })));
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<Write> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Write, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        let result = (|| {
+            self.check_session(m.session)?;
+            if let Some(done) = self.dedup(Some(m.session), m.request_id.as_deref()) {
+                return write_outcome(done);
+            }
+            let holds = self
+                .state
+                .locks()
+                .holders_of(CONFIG_LOCK)
+                .and_then(|h| h.get(&m.session))
+                .is_some_and(|h| h.mode == LockMode::Exclusive);
+            if !holds {
+                // WConfD's retryable writeConfigAndUnlock: nothing changes.
+                return Ok(WriteResponse {
+                    applied: false,
+                    lock_was_held: false,
+                    serial: None,
+                    lsn: None,
+                });
+            }
+            let record =
+                self.state
+                    .decide_config_write(m.session, m.patch_json, m.release, m.request_id)?;
+            let applied = self.apply(&mut step, record)?;
+            write_outcome(applied.outcome.ok_or_else(missing_outcome)?)
+        })();
+        step.answers.push(answer(m.reply, result));
+        if m.release {
+            self.wake(&mut step);
+        }
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<Txn> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Txn, ctx: &mut Self::Context) {
+        let mut step = Step::new(true);
+        let Txn {
+            patch_json,
+            if_serial,
+            wait_ms,
+            request_id,
+            reply,
+        } = m;
+        if let Err(e) = check_wait(wait_ms) {
+            step.answers.push(answer(reply, Err(e)));
+            return self.finish(step, ctx);
+        }
+        let seq = self.next_seq();
+        if self.txns.is_empty() && self.txn_may_run(seq) {
+            let result = self.txn_now(&mut step, patch_json, if_serial, request_id);
+            step.answers.push(answer(reply, result));
+        } else if wait_ms == 0 {
+            let err = ApiError::new(409, "config_locked", "the config lock is busy");
+            step.answers.push(answer(reply, Err(err)));
+        } else if self.txns.len() >= TXN_WAITERS_MAX {
+            let err = StateError::Full {
+                what: "waiting transactions",
+                max: TXN_WAITERS_MAX,
+            };
+            step.answers.push(answer(reply, Err(err.into())));
+        } else {
+            self.txns.push_back(PendingTxn {
+                seq,
+                patch_json,
+                if_serial,
+                request_id,
+                reply,
+            });
+            ctx.run_later(Duration::from_millis(wait_ms), move |act, ctx| {
+                act.txn_timed_out(seq, wait_ms, ctx)
+            });
+        }
+        self.finish(step, ctx);
+    }
+}
+
+impl Handler<GetStatus> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: GetStatus, ctx: &mut Self::Context) {
+        let telemetry = self.wal.telemetry();
+        let locks = self.state.locks();
+        let status = Status {
+            epoch: self.state.epoch(),
+            applied_lsn: self.state.applied_lsn(),
+            durable_lsn: self.wal.durable_lsn(),
+            sessions: self.state.sessions().len() as u64,
+            locks_held: locks.len() as u64,
+            waiters: (locks.waiters().count() + self.txns.len()) as u64,
+            config_serial: self.state.config().serial(),
+            uptime_ms: self.now_ms(),
+            fsync_last_us: telemetry.last_sync_us,
+            fsync_p99_us: telemetry.sync_us_p99,
+            ..Status::default()
+        };
+        let mut step = Step::new(true);
+        step.answers.push(answer(m.reply, Ok(status)));
+        self.finish(step, ctx);
+    }
+}

@@ -1,0 +1,51 @@
+//! The daemon's actors: thin shells around the pure state machines.
+//!
+//! - `lock::LockActor` sequences every change: it owns [`crate::state::State`],
+//!   decides, applies in LSN order and hands records to the WAL actor.
+//! - `config::ConfigActor` serves config reads from its own copy of the
+//!   document, kept in step by the lock actor.
+//! - `wal::WalActor` is the only appender to the log, on its own arbiter.
+//!
+//! Every request message carries its own reply channel, so the HTTP layer
+//! can `try_send` (a full mailbox is a 503, never an unbounded queue) and an
+//! actor can answer later: after the record is durable, or after a wait.
+//! See ARCHITECTURE.md, "Daemon".
+
+pub mod config;
+pub mod lock;
+pub mod wal;
+
+use tokio::sync::oneshot;
+
+use crate::api::error::ApiError;
+use crate::wal::WalError;
+
+/// Where an actor sends its answer.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Mailbox bounds. The HTTP layer `try_send`s, so a full mailbox is a 503.
+pub const LOCK_MAILBOX_MAX: usize = 4_096;
+pub const CONFIG_MAILBOX_MAX: usize = 4_096;
+/// Only the lock actor sends here, one message at a time.
+pub const WAL_MAILBOX_MAX: usize = 16;
+
+/// Exit code after a write or sync error (G7).
+pub const EXIT_FAIL_STOP: i32 = 3;
+
+/// Fail-stop (G7): after the log failed, memory is ahead of the disk, and
+/// nothing may be acknowledged again. Logs and exits at once; no response
+/// still waiting is ever sent.
+pub fn fail_stop(err: &dyn std::fmt::Display) -> ! {
+    tracing::error!(error = %err, "write-ahead log failed; stopping (fail-stop)");
+    eprintln!("wconfd: fail-stop: {err}");
+    std::process::exit(EXIT_FAIL_STOP)
+}
+
+/// What to answer when waiting for durability did not succeed: a poisoned
+/// log stops the daemon; a full waiter list or a closing log refuses.
+pub(crate) fn durable_wait_failed(err: WalError) -> ApiError {
+    match err {
+        WalError::Poisoned { .. } => fail_stop(&err),
+        other => ApiError::from(other),
+    }
+}

@@ -1,0 +1,329 @@
+//! Start-up and shutdown of `wconfd`: take the directory, recover, replay,
+//! write the new epoch, start the actors and the HTTP server, announce
+//! readiness, and close the log on the way out. `src/bin/wconfd.rs` only
+//! parses flags and calls [`run`].
+
+use std::fmt;
+use std::io::Write as _;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use nix::sys::stat::{umask, Mode};
+
+use crate::actors::config::ConfigActor;
+use crate::actors::lock::LockActor;
+use crate::actors::wal::WalActor;
+use crate::api::{self, Handles};
+use crate::replay::{encode_record, replay};
+use crate::state::{LockOrder, Record};
+use crate::wal::{RecoveryMode, Wal, WalError, WalOptions};
+
+/// Exit codes of `wconfd`, so an operator can tell a repaired torn tail
+/// (a warning, then a normal start) from a refused corrupt log.
+pub mod exit {
+    /// Clean shutdown (SIGINT or SIGTERM).
+    pub const OK: i32 = 0;
+    /// Start-up failed for another reason: the directory is locked by
+    /// another process, the address is in use, an I/O error.
+    pub const START: i32 = 1;
+    /// Bad flags or environment variables.
+    pub const USAGE: i32 = 2;
+    /// Fail-stop: a write or fsync of the log failed while running (G7).
+    pub const FAIL_STOP: i32 = crate::actors::EXIT_FAIL_STOP;
+    /// The log is corrupt (not merely torn at its tail) and was refused.
+    pub const CORRUPT: i32 = 4;
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub socket: Option<PathBuf>,
+    pub recovery_mode: RecoveryMode,
+    pub segment_bytes: u64,
+    pub body_bytes_max: usize,
+    pub lock_order: Vec<String>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> DaemonOptions {
+        DaemonOptions {
+            data_dir: PathBuf::from("./wconf-data"),
+            listen: "127.0.0.1:7370".into(),
+            socket: None,
+            recovery_mode: RecoveryMode::default(),
+            segment_bytes: WalOptions::default().segment_bytes,
+            body_bytes_max: api::BODY_BYTES_MAX_DEFAULT,
+            lock_order: Vec::new(),
+        }
+    }
+}
+
+/// Why the daemon did not start (or stopped), with its exit code.
+#[derive(Debug)]
+pub struct StartError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl StartError {
+    fn new(code: i32, message: impl Into<String>) -> StartError {
+        StartError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn wal_error(e: WalError) -> StartError {
+    let code = match &e {
+        WalError::Corrupted { .. } | WalError::UnsupportedVersion { .. } => exit::CORRUPT,
+        WalError::InvalidOptions(_) => exit::USAGE,
+        _ => exit::START,
+    };
+    StartError::new(code, e.to_string())
+}
+
+/// Parses a byte size: a plain integer, or one with a suffix `K`, `KiB`,
+/// `M`, `MiB`, `G`, `GiB` (all powers of 1024; `B` alone is bytes).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte size (e.g. 67108864 or 64MiB)"))?;
+    let shift = match suffix.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown size suffix {other:?} (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`),
+/// `json` picks JSON lines over text. Logs go to stderr; stdout carries
+/// only the ready line.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn wal_options(opts: &DaemonOptions) -> WalOptions {
+    let defaults = WalOptions::default();
+    // A record must fit an empty segment; small segments get small records.
+    let record_bytes_max = defaults
+        .record_bytes_max
+        .min((opts.segment_bytes / 2) as usize);
+    WalOptions {
+        segment_bytes: opts.segment_bytes,
+        record_bytes_max,
+        recovery_mode: opts.recovery_mode,
+        ..defaults
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM. Returns only on a clean stop or
+/// a start-up failure; a fail-stop exits the process from inside.
+pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
+    let order = LockOrder::new(opts.lock_order.clone())
+        .map_err(|e| StartError::new(exit::USAGE, format!("--lock-order: {e}")))?;
+    let (wal, recovered) = Wal::open(&opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
+    let report = &recovered.report;
+    tracing::info!(
+        dir = %opts.data_dir.display(),
+        mode = %report.mode,
+        segments = report.segments,
+        records = report.records,
+        bytes = report.bytes,
+        ms = report.elapsed.as_millis() as u64,
+        "recovered the log"
+    );
+    if let Some(t) = &report.truncation {
+        tracing::warn!(
+            segment = %t.segment.display(),
+            offset = t.damage_offset,
+            damage = %t.damage,
+            bytes_dropped = t.bytes_dropped,
+            first_lsn_dropped = t.first_lsn_dropped,
+            "repaired a torn tail: cut unacknowledged bytes"
+        );
+    }
+    let (mut state, stats) =
+        replay(&recovered).map_err(|e| StartError::new(exit::CORRUPT, e.to_string()))?;
+    drop(recovered);
+    tracing::info!(
+        records = stats.records,
+        skipped = stats.skipped,
+        lsn = state.applied_lsn(),
+        "replayed"
+    );
+
+    // A new epoch, durable before anything is served.
+    let epoch = Record::Epoch {
+        epoch: state.epoch() + 1,
+        started_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let lsn = state.next_lsn();
+    if wal.next_lsn() != lsn {
+        return Err(StartError::new(
+            exit::CORRUPT,
+            format!(
+                "the log continues at LSN {} but replay reached LSN {}",
+                wal.next_lsn(),
+                lsn - 1
+            ),
+        ));
+    }
+    state
+        .apply(lsn, &epoch)
+        .map_err(|e| StartError::new(exit::CORRUPT, e.to_string()))?;
+    let (kind, payload) =
+        encode_record(&epoch).map_err(|e| StartError::new(exit::START, e.to_string()))?;
+    wal.append(kind, payload)
+        .and_then(|a| a.wait())
+        .map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))?;
+    state.set_lock_order(order);
+
+    let wal = Arc::new(wal);
+    let served = serve(&opts, state, wal.clone());
+    let closed = wal.close();
+    served?;
+    closed.map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))
+}
+
+fn serve(
+    opts: &DaemonOptions,
+    state: crate::state::State,
+    wal: Arc<Wal>,
+) -> Result<(), StartError> {
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let epoch = state.epoch();
+        let lsn = state.applied_lsn();
+        // Replay does not keep the LSN of the last config change; the epoch
+        // record just written is durable, so reads never wait on it.
+        let config_lsn = lsn;
+        let wal_arbiter = Arbiter::new();
+        let wal_for_actor = wal.clone();
+        let wal_actor = WalActor::start_in_arbiter(&wal_arbiter.handle(), move |_| {
+            WalActor::new(wal_for_actor)
+        });
+        let config = ConfigActor::new(state.config().clone(), config_lsn, wal.clone()).start();
+        let lock = LockActor::new(state, wal.clone(), wal_actor, config.clone()).start();
+        let handles = Handles {
+            lock,
+            config,
+            wal_dir: wal.dir().to_path_buf(),
+        };
+        let body_bytes_max = opts.body_bytes_max;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(handles.clone()))
+                .app_data(api::json_config(body_bytes_max))
+                .app_data(web::PayloadConfig::new(body_bytes_max))
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+        })
+        .bind(&opts.listen)
+        .map_err(|e| StartError::new(exit::START, format!("listen on {}: {e}", opts.listen)))?;
+        let server = match &opts.socket {
+            Some(path) => {
+                remove_stale_socket(path)?;
+                // Created owner-only from the start (umask), then made exactly
+                // 0600: no other user can connect between bind and chmod.
+                let old = umask(Mode::from_bits_truncate(0o177));
+                let bound = server.bind_uds(path);
+                umask(old);
+                let server = bound.map_err(|e| socket_error("bind", path, e))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| socket_error("chmod", path, e))?;
+                server
+            }
+            None => server,
+        };
+        let addr = server
+            .addrs()
+            .first()
+            .map_or_else(|| opts.listen.clone(), |a| a.to_string());
+        let running = server.run();
+        println!("wconfd ready on http://{addr} (epoch {epoch}, lsn {lsn})");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, epoch, lsn, "ready");
+        let result = running
+            .await
+            .map_err(|e| StartError::new(exit::START, format!("HTTP server: {e}")));
+        wal_arbiter.stop();
+        tracing::info!("stopped");
+        result
+    })
+}
+
+fn socket_error(what: &str, path: &Path, e: std::io::Error) -> StartError {
+    StartError::new(exit::START, format!("{what} {}: {e}", path.display()))
+}
+
+/// A socket left by a previous run is replaced; any other file is not.
+fn remove_stale_socket(path: &Path) -> Result<(), StartError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(StartError::new(
+                exit::START,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| socket_error("remove stale socket", path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_and_without_suffixes() {
+        // Invariant: plain integers are bytes; suffixes are powers of 1024;
+        // junk and overflow are errors, not panics.
+        assert_eq!(parse_bytes("67108864"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("4KiB"), Ok(4096));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+}
