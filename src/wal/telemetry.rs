@@ -28,6 +28,14 @@ pub struct TelemetrySnapshot {
     pub bytes_per_sync_mean: f64,
 }
 
+/// A minute: a sync slower than that is a failing disk, and clamps.
+const SYNC_US_HIGH: u64 = 60_000_000;
+/// Frames are at least 24 bytes, so a 1 GiB batch holds fewer than this.
+const RECORDS_PER_SYNC_HIGH: u64 = 1 << 26;
+const _: () = assert!(
+    (super::BATCH_BYTES_LIMIT / super::format::FRAME_HEADER_LEN) as u64 <= RECORDS_PER_SYNC_HIGH
+);
+
 fn histogram(high: u64) -> Histogram<u64> {
     Histogram::new_with_bounds(1, high, 3).expect("static histogram bounds are valid")
 }
@@ -35,9 +43,12 @@ fn histogram(high: u64) -> Histogram<u64> {
 impl Telemetry {
     pub(crate) fn new() -> Telemetry {
         Telemetry {
-            sync_us: histogram(3_600_000_000),
-            records_per_sync: histogram(1 << 32),
-            bytes_per_sync: histogram(1 << 40),
+            // Ranges cover what one batch can be (a batch is at most
+            // BATCH_BYTES_LIMIT bytes); larger values clamp. They are kept
+            // tight because every open allocates these.
+            sync_us: histogram(SYNC_US_HIGH),
+            records_per_sync: histogram(RECORDS_PER_SYNC_HIGH),
+            bytes_per_sync: histogram(super::BATCH_BYTES_LIMIT as u64),
             last_sync_us: 0,
             records: 0,
             bytes: 0,
