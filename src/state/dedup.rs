@@ -7,6 +7,20 @@
 //! last `REQUESTS_PER_SESSION_MAX`, dropped when the session closes; one-shot
 //! transactions share one bucket of `TXN_REQUESTS_MAX`. Both evict the oldest
 //! entry first.
+//!
+//! The counts alone do not bound memory: 65,536 sessions of 1,024 entries,
+//! each a `Granted` that may list 1,024 names of 256 bytes, is terabytes.
+//! So the whole table also has a byte budget, [`DEDUP_BYTES_MAX`], charged
+//! per entry by [`entry_bytes`]; past it, the oldest entry of the whole
+//! table goes first, whichever session it belongs to. We keep the granted
+//! names rather than storing outcomes compactly (a count and the token):
+//! for an opportunistic acquire the names taken are a subset the retry
+//! cannot know, and even compact entries (a request id alone is up to 128
+//! bytes) would need a budget to be bounded. The cost is that G5's "last
+//! 1,024 requests of each session" holds while the table is under budget;
+//! beyond it, the least recent requests of all sessions are forgotten
+//! first, which a client retrying promptly never notices. Eviction happens
+//! in `apply`, so replay forgets exactly what the live daemon forgot.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -22,6 +36,25 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 pub const REQUESTS_PER_SESSION_MAX: usize = 1_024;
 /// Outcomes remembered for session-less transactions, shared by all clients.
 pub const TXN_REQUESTS_MAX: usize = 65_536;
+/// The bytes the whole table may be charged, over all sessions and the
+/// transaction bucket (see [`entry_bytes`]). At a few hundred bytes for a
+/// typical entry that is about a million remembered requests.
+pub const DEDUP_BYTES_MAX: usize = 256 << 20;
+/// What one entry is charged besides its request id and lock names: the
+/// outcome's fixed fields, the map and queue slots and their overhead.
+pub const ENTRY_BYTES_OVERHEAD: usize = 128;
+/// What each granted lock in an outcome is charged besides its name.
+pub const LOCK_BYTES_OVERHEAD: usize = 32;
+
+// The largest single entry must fit many times over, or the budget would
+// evict whole sessions' worth of entries for one grant.
+const _: () = assert!(
+    ENTRY_BYTES_OVERHEAD
+        + REQUEST_ID_BYTES_MAX
+        + super::locks::LOCKS_PER_REQUEST_MAX
+            * (super::locks::LOCK_NAME_BYTES_MAX + LOCK_BYTES_OVERHEAD)
+        <= DEDUP_BYTES_MAX / 256
+);
 
 /// What a deduplicated request returns. New variants go at the end (the
 /// codec encodes the variant index; see `record.rs`).
@@ -51,52 +84,55 @@ pub enum Outcome {
     },
 }
 
-/// One FIFO of remembered outcomes.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The bytes one remembered outcome is charged against [`DEDUP_BYTES_MAX`]:
+/// an estimate of its memory that grows with everything variable in it.
+pub fn entry_bytes(request_id: &str, outcome: &Outcome) -> usize {
+    let locks = match outcome {
+        Outcome::Granted { locks, .. } => locks
+            .iter()
+            .map(|l| l.name.len() + LOCK_BYTES_OVERHEAD)
+            .sum(),
+        Outcome::Released { .. } | Outcome::Written { .. } | Outcome::TxnApplied { .. } => 0,
+    };
+    ENTRY_BYTES_OVERHEAD + request_id.len() + locks
+}
+
+/// One FIFO of remembered outcomes. Each entry carries its table-wide
+/// arrival number, so the table can find its oldest entry overall.
+#[derive(Clone, Debug, Default)]
 struct Bucket {
-    order: VecDeque<String>,
+    order: VecDeque<(u64, String)>,
     outcomes: HashMap<String, Outcome>,
 }
 
-impl Bucket {
-    fn insert(&mut self, request_id: String, outcome: Outcome, max: usize) {
-        if self.order.len() >= max {
-            if let Some(oldest) = self.order.pop_front() {
-                self.outcomes.remove(&oldest);
-            }
-        }
-        self.order.push_back(request_id.clone());
-        self.outcomes.insert(request_id, outcome);
-    }
+/// Where an entry lives: a session's bucket, or (None) the transactions'.
+type BucketKey = Option<SessionId>;
 
-    /// Entries oldest first: the persisted form, so eviction order survives.
-    fn entries(&self) -> Vec<(&String, &Outcome)> {
-        self.order
-            .iter()
-            .map(|id| (id, &self.outcomes[id]))
-            .collect()
-    }
-
-    fn from_entries(entries: Vec<(String, Outcome)>, max: usize) -> Result<Self, String> {
-        if entries.len() > max {
-            return Err(format!("{} dedup entries, at most {max}", entries.len()));
-        }
-        let mut bucket = Bucket::default();
-        for (id, outcome) in entries {
-            check_request_id(&id).map_err(|e| e.to_string())?;
-            if bucket.outcomes.contains_key(&id) {
-                return Err(format!("request id {id:?} listed twice"));
-            }
-            bucket.insert(id, outcome, max);
-        }
-        Ok(bucket)
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Dedup {
     sessions: BTreeMap<SessionId, Bucket>,
     txn: Bucket,
+    /// Arrival number -> bucket, for every entry: the table-wide FIFO.
+    by_age: BTreeMap<u64, BucketKey>,
+    next_age: u64,
+    /// Sum of `entry_bytes` over all entries.
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup::with_bytes_max(DEDUP_BYTES_MAX)
+    }
+}
+
+/// Equal tables remember the same outcomes in the same table-wide order;
+/// the arrival numbers themselves are bookkeeping (a loaded snapshot
+/// renumbers them).
+impl PartialEq for Dedup {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries().eq(other.entries())
+    }
 }
 
 pub fn check_request_id(request_id: &str) -> Result<(), StateError> {
@@ -110,14 +146,30 @@ pub fn check_request_id(request_id: &str) -> Result<(), StateError> {
 }
 
 impl Dedup {
+    /// An empty table with its own byte budget; the daemon's is always
+    /// [`DEDUP_BYTES_MAX`] (replay must forget what the live daemon forgot).
+    pub(crate) fn with_bytes_max(bytes_max: usize) -> Self {
+        Dedup {
+            sessions: BTreeMap::new(),
+            txn: Bucket::default(),
+            by_age: BTreeMap::new(),
+            next_age: 0,
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    fn bucket(&self, key: BucketKey) -> Option<&Bucket> {
+        match key {
+            Some(s) => self.sessions.get(&s),
+            None => Some(&self.txn),
+        }
+    }
+
     /// The remembered outcome of `request_id` from `session` (None: the
     /// session-less transaction bucket).
     pub fn lookup(&self, session: Option<SessionId>, request_id: &str) -> Option<&Outcome> {
-        let bucket = match session {
-            Some(s) => self.sessions.get(&s)?,
-            None => &self.txn,
-        };
-        bucket.outcomes.get(request_id)
+        self.bucket(session)?.outcomes.get(request_id)
     }
 
     /// Checks that an outcome may be recorded: the id is well formed and not
@@ -137,81 +189,154 @@ impl Dedup {
         Ok(())
     }
 
-    /// Records an outcome already checked by `check_insert`, evicting the
-    /// bucket's oldest entry if it is full.
+    /// Records an outcome already checked by `check_insert`. If the bucket
+    /// is full its oldest entry goes; then, while the table is over its
+    /// byte budget, the oldest entry of the whole table goes.
     pub fn insert(&mut self, session: Option<SessionId>, request_id: String, outcome: Outcome) {
-        match session {
-            Some(s) => {
-                let bucket = self.sessions.entry(s).or_default();
-                bucket.insert(request_id, outcome, REQUESTS_PER_SESSION_MAX);
-            }
-            None => self.txn.insert(request_id, outcome, TXN_REQUESTS_MAX),
+        let max = match session {
+            Some(_) => REQUESTS_PER_SESSION_MAX,
+            None => TXN_REQUESTS_MAX,
+        };
+        if self.bucket(session).is_some_and(|b| b.order.len() >= max) {
+            self.evict_oldest_of(session);
+        }
+        let age = self.next_age;
+        self.next_age += 1;
+        self.bytes += entry_bytes(&request_id, &outcome);
+        let bucket = match session {
+            Some(s) => self.sessions.entry(s).or_default(),
+            None => &mut self.txn,
+        };
+        bucket.order.push_back((age, request_id.clone()));
+        bucket.outcomes.insert(request_id, outcome);
+        self.by_age.insert(age, session);
+        while self.bytes > self.bytes_max {
+            let Some((_, oldest)) = self.by_age.first_key_value() else {
+                break;
+            };
+            self.evict_oldest_of(*oldest);
+        }
+        assert!(
+            self.by_age.contains_key(&age),
+            "an entry larger than the whole dedup budget"
+        );
+    }
+
+    /// Drops the oldest entry of one bucket (a session's bucket left empty
+    /// goes too).
+    fn evict_oldest_of(&mut self, key: BucketKey) {
+        let bucket = match key {
+            Some(s) => self.sessions.get_mut(&s),
+            None => Some(&mut self.txn),
+        };
+        let Some(bucket) = bucket else { return };
+        let Some((age, id)) = bucket.order.pop_front() else {
+            return;
+        };
+        let outcome = bucket
+            .outcomes
+            .remove(&id)
+            .expect("order and outcomes agree");
+        let empty = bucket.order.is_empty();
+        self.bytes -= entry_bytes(&id, &outcome);
+        self.by_age.remove(&age);
+        if let (Some(s), true) = (key, empty) {
+            self.sessions.remove(&s);
         }
     }
 
     /// Forgets a closed session's outcomes: its id will never be reused, so
     /// nobody can ask for them again.
     pub fn drop_session(&mut self, session: SessionId) {
-        self.sessions.remove(&session);
+        let Some(bucket) = self.sessions.remove(&session) else {
+            return;
+        };
+        for (age, id) in &bucket.order {
+            self.by_age.remove(age);
+            self.bytes -= entry_bytes(id, &bucket.outcomes[id]);
+        }
     }
 
     /// The number of outcomes remembered for `session` (None: transactions).
     pub fn len(&self, session: Option<SessionId>) -> usize {
-        match session {
-            Some(s) => self.sessions.get(&s).map_or(0, |b| b.order.len()),
-            None => self.txn.order.len(),
-        }
+        self.bucket(session).map_or(0, |b| b.order.len())
+    }
+
+    /// The bytes charged for everything remembered (see [`entry_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The sessions with remembered outcomes, for snapshot validation.
     pub(super) fn sessions(&self) -> impl Iterator<Item = SessionId> + '_ {
         self.sessions.keys().copied()
     }
-}
 
-type SessionEntries = BTreeMap<SessionId, Vec<(String, Outcome)>>;
+    /// Every entry, oldest first over the whole table: the persisted form,
+    /// so both the per-bucket and the table-wide eviction order survive.
+    fn entries(&self) -> impl Iterator<Item = (BucketKey, &String, &Outcome)> + '_ {
+        // Each bucket's order is a subsequence of the table-wide one, so a
+        // cursor per bucket finds every entry in order.
+        let mut cursors: HashMap<BucketKey, usize> = HashMap::new();
+        self.by_age.iter().map(move |(age, key)| {
+            let bucket = self.bucket(*key).expect("by_age names live buckets");
+            let cursor = cursors.entry(*key).or_default();
+            let (entry_age, id) = &bucket.order[*cursor];
+            assert_eq!(entry_age, age, "bucket order follows table order");
+            *cursor += 1;
+            (*key, id, &bucket.outcomes[id])
+        })
+    }
+}
 
 #[derive(Serialize)]
 struct DedupRef<'a> {
-    sessions: BTreeMap<SessionId, Vec<(&'a String, &'a Outcome)>>,
-    txn: Vec<(&'a String, &'a Outcome)>,
+    entries: Vec<(BucketKey, &'a String, &'a Outcome)>,
 }
 
 #[derive(Deserialize)]
 struct DedupRepr {
-    sessions: SessionEntries,
-    txn: Vec<(String, Outcome)>,
+    entries: Vec<(BucketKey, String, Outcome)>,
 }
 
 impl Serialize for Dedup {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let sessions = self
-            .sessions
-            .iter()
-            .map(|(s, b)| (*s, b.entries()))
-            .collect();
         DedupRef {
-            sessions,
-            txn: self.txn.entries(),
+            entries: self.entries().collect(),
         }
         .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Dedup {
+    /// Rebuilds the table by inserting the entries oldest first, refusing
+    /// (rather than evicting) anything over a limit: a snapshot this
+    /// version wrote is always within them.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let repr = DedupRepr::deserialize(deserializer)?;
-        let mut dedup = Dedup {
-            txn: Bucket::from_entries(repr.txn, TXN_REQUESTS_MAX).map_err(D::Error::custom)?,
-            ..Dedup::default()
-        };
-        for (session, entries) in repr.sessions {
-            let bucket = Bucket::from_entries(entries, REQUESTS_PER_SESSION_MAX)
-                .map_err(D::Error::custom)?;
-            if !bucket.order.is_empty() {
-                dedup.sessions.insert(session, bucket);
+        let mut dedup = Dedup::default();
+        for (key, id, outcome) in repr.entries {
+            check_request_id(&id).map_err(D::Error::custom)?;
+            if dedup.lookup(key, &id).is_some() {
+                return Err(D::Error::custom(format!("request id {id:?} listed twice")));
             }
+            let max = match key {
+                Some(_) => REQUESTS_PER_SESSION_MAX,
+                None => TXN_REQUESTS_MAX,
+            };
+            if dedup.len(key) >= max {
+                return Err(D::Error::custom(format!(
+                    "more than {max} dedup entries in one bucket"
+                )));
+            }
+            if dedup.bytes + entry_bytes(&id, &outcome) > dedup.bytes_max {
+                return Err(D::Error::custom(format!(
+                    "dedup entries exceed {} bytes",
+                    dedup.bytes_max
+                )));
+            }
+            dedup.insert(key, id, outcome);
         }
         Ok(dedup)
     }
@@ -221,6 +346,7 @@ impl<'de> Deserialize<'de> for Dedup {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
+    use crate::state::LockMode;
 
     fn released(lsn: u64) -> Outcome {
         Outcome::Released { lsn }
@@ -290,21 +416,104 @@ mod tests {
 
     #[test]
     fn hostile_snapshot_is_refused() {
-        // Invariant: a snapshot listing a request twice or too many is an
-        // error, not a corrupt table.
-        let entries = vec![
-            ("r".to_string(), released(1)),
-            ("r".to_string(), released(2)),
+        // Invariant: a snapshot listing a request twice, too many in one
+        // bucket, or a malformed id is an error, not a corrupt table.
+        let s = Some(SessionId(1));
+        let twice = vec![
+            (s, "r".to_string(), released(1)),
+            (s, "r".to_string(), released(2)),
         ];
-        let repr = (SessionEntries::new(), entries);
-        assert!(decode::<Dedup>(&encode(&repr).unwrap()).is_err());
+        assert!(decode::<Dedup>(&encode(&(twice,)).unwrap()).is_err());
         let many: Vec<_> = (0..=REQUESTS_PER_SESSION_MAX)
-            .map(|i| (i.to_string(), released(1)))
+            .map(|i| (s, i.to_string(), released(1)))
             .collect();
-        let repr = (
-            SessionEntries::from([(SessionId(1), many)]),
-            Vec::<(String, Outcome)>::new(),
-        );
-        assert!(decode::<Dedup>(&encode(&repr).unwrap()).is_err());
+        assert!(decode::<Dedup>(&encode(&(many,)).unwrap()).is_err());
+        let bad_id: Vec<(BucketKey, String, Outcome)> = vec![(None, String::new(), released(1))];
+        assert!(decode::<Dedup>(&encode(&(bad_id,)).unwrap()).is_err());
+    }
+
+    fn granted(names: usize) -> Outcome {
+        let locks = (0..names)
+            .map(|i| LockRequest::new(format!("lock{i:04}"), LockMode::Exclusive))
+            .collect();
+        Outcome::Granted {
+            token: 1,
+            lsn: 1,
+            locks,
+        }
+    }
+
+    #[test]
+    fn byte_budget_evicts_the_oldest_entry_of_the_whole_table() {
+        // Invariant: the bytes charged never exceed the budget; past it the
+        // oldest entry overall goes first, whichever session owns it, and
+        // the charge returns to 0 when everything is forgotten.
+        let (a, b) = (Some(SessionId(1)), Some(SessionId(2)));
+        let one = entry_bytes("a0", &released(0));
+        let mut d = Dedup::with_bytes_max(4 * one);
+        d.insert(a, "a0".into(), released(0));
+        d.insert(b, "b0".into(), released(1));
+        d.insert(None, "t0".into(), released(2));
+        d.insert(a, "a1".into(), released(3));
+        assert_eq!(d.bytes(), 4 * one);
+        d.insert(b, "b1".into(), released(4));
+        assert_eq!(d.lookup(a, "a0"), None, "the oldest overall goes");
+        assert_eq!(d.lookup(a, "a1"), Some(&released(3)));
+        assert_eq!(d.bytes(), 4 * one);
+        // A large grant pushes out as many old entries as it needs.
+        let big = granted(2);
+        let need = entry_bytes("big", &big);
+        let mut d2 = Dedup::with_bytes_max(need + one);
+        d2.insert(a, "a0".into(), released(0));
+        d2.insert(b, "b0".into(), released(1));
+        d2.insert(a, "big".into(), big.clone());
+        assert_eq!(d2.lookup(a, "a0"), None);
+        assert_eq!(d2.lookup(b, "b0"), Some(&released(1)));
+        assert_eq!(d2.lookup(a, "big"), Some(&big));
+        assert!(d2.bytes() <= need + one);
+        // Closing sessions and evicting give all bytes back.
+        d2.drop_session(SessionId(2));
+        d2.drop_session(SessionId(1));
+        assert_eq!((d2.bytes(), d2.len(a), d2.len(b)), (0, 0, 0));
+        assert!(d2.by_age.is_empty());
+    }
+
+    #[test]
+    fn table_order_survives_a_snapshot() {
+        // Invariant: after decode(encode(d)), the next budget eviction
+        // removes the same entry it would have removed in `d`.
+        let (a, b) = (Some(SessionId(1)), Some(SessionId(2)));
+        let mut d = Dedup::default();
+        d.insert(b, "b0".into(), released(0));
+        d.insert(a, "a0".into(), released(1));
+        d.insert(b, "b1".into(), released(2));
+        d.insert(None, "t0".into(), released(3));
+        let mut back: Dedup = decode(&encode(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(back.bytes(), d.bytes());
+        let bytes = d.bytes();
+        d.bytes_max = bytes;
+        back.bytes_max = bytes;
+        d.insert(a, "a1".into(), released(4));
+        back.insert(a, "a1".into(), released(4));
+        assert_eq!(back, d);
+        assert_eq!(d.lookup(b, "b0"), None);
+        assert_eq!(d.lookup(a, "a0"), Some(&released(1)));
+    }
+
+    #[test]
+    fn per_session_cap_and_budget_agree_on_bytes() {
+        // Invariant: evicting by the per-bucket cap gives back exactly the
+        // bytes the evicted entry was charged.
+        let s = Some(SessionId(1));
+        let mut d = Dedup::default();
+        for i in 0..REQUESTS_PER_SESSION_MAX + 10 {
+            d.insert(s, format!("r{i}"), granted(i % 3));
+        }
+        let expected: usize = (10..REQUESTS_PER_SESSION_MAX + 10)
+            .map(|i| entry_bytes(&format!("r{i}"), &granted(i % 3)))
+            .sum();
+        assert_eq!(d.bytes(), expected);
+        assert_eq!(d.by_age.len(), REQUESTS_PER_SESSION_MAX);
     }
 }
