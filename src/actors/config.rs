@@ -19,15 +19,23 @@ use crate::state::ConfigState;
 use crate::wal::Wal;
 
 pub struct ConfigActor {
+    /// Knows the LSN of the record that last changed it (`lsn()`), which
+    /// reads report and wait on.
     config: ConfigState,
-    /// The LSN of the record that last changed the document (0: none).
-    lsn: u64,
     wal: Arc<Wal>,
 }
 
 impl ConfigActor {
-    pub fn new(config: ConfigState, lsn: u64, wal: Arc<Wal>) -> ConfigActor {
-        ConfigActor { config, lsn, wal }
+    /// `durable_lsn`: an LSN already durable at start (the new epoch's).
+    /// Replay restored the document with the LSN of its last change, which
+    /// can only be at or before that.
+    pub fn new(config: ConfigState, durable_lsn: u64, wal: Arc<Wal>) -> ConfigActor {
+        assert!(
+            config.lsn() <= durable_lsn,
+            "the config changed at LSN {} after the durable LSN {durable_lsn}",
+            config.lsn()
+        );
+        ConfigActor { config, wal }
     }
 }
 
@@ -54,12 +62,15 @@ impl Handler<Publish> for ConfigActor {
         // The same patch already applied to the same document in the lock
         // actor's state, so failing here means the copies diverged: a bug
         // that must not be served.
-        let applied = parse_patch(&msg.patch_json).and_then(|p| self.config.apply_patch(&p));
+        assert!(
+            msg.lsn > self.config.lsn(),
+            "config records out of LSN order"
+        );
+        let applied =
+            parse_patch(&msg.patch_json).and_then(|p| self.config.apply_patch(msg.lsn, &p));
         if let Err(e) = applied {
             fail_stop(&format!("config copy diverged at LSN {}: {e}", msg.lsn));
         }
-        assert!(msg.lsn > self.lsn, "config records out of LSN order");
-        self.lsn = msg.lsn;
     }
 }
 
@@ -96,7 +107,7 @@ impl Handler<GetConfig> for ConfigActor {
         let body = match &msg.pointer {
             None => serde_json::to_vec(&WholeRef {
                 serial,
-                lsn: self.lsn,
+                lsn: self.config.lsn(),
                 config: self.config.doc(),
             })
             .map_err(internal),
@@ -105,7 +116,7 @@ impl Handler<GetConfig> for ConfigActor {
                 None => Err(ApiError::not_found(format!("no config value at {p:?}"))),
             },
         };
-        let wait = self.wal.wait_durable(self.lsn);
+        let wait = self.wal.wait_durable(self.config.lsn());
         actix::spawn(async move {
             let gate = wait.await.map(drop).map_err(durable_wait_failed);
             let _ = msg.reply.send(gate.and(body));

@@ -33,6 +33,10 @@ pub const CONFIG_LOCK: &str = "config";
 pub struct ConfigState {
     doc: Value,
     serial: u64,
+    /// The LSN of the record that last changed the document (0: never
+    /// changed). Kept here, and so in every snapshot, because `GET
+    /// /v1/config` reports it and it cannot be derived from the document.
+    lsn: u64,
     /// Length of `doc` as compact JSON, kept for status pages and limits.
     doc_bytes: usize,
 }
@@ -42,6 +46,7 @@ impl Default for ConfigState {
         ConfigState {
             doc: Value::Object(Default::default()),
             serial: 0,
+            lsn: 0,
             doc_bytes: 2,
         }
     }
@@ -130,6 +135,11 @@ impl ConfigState {
         self.serial
     }
 
+    /// The LSN of the last record that changed the document; 0 if none has.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
     pub fn doc_bytes(&self) -> usize {
         self.doc_bytes
     }
@@ -144,13 +154,14 @@ impl ConfigState {
         self.patched(patch).map(drop)
     }
 
-    /// Applies `patch` wholly, bumping the serial, or changes nothing and
-    /// says which op failed.
-    pub fn apply_patch(&mut self, patch: &Patch) -> Result<(), StateError> {
+    /// Applies `patch`, carried by the record at `lsn`, wholly, bumping the
+    /// serial, or changes nothing and says which op failed.
+    pub fn apply_patch(&mut self, lsn: u64, patch: &Patch) -> Result<(), StateError> {
         let (doc, doc_bytes) = self.patched(patch)?;
         self.doc = doc;
         self.doc_bytes = doc_bytes;
         self.serial += 1;
+        self.lsn = lsn;
         Ok(())
     }
 
@@ -220,6 +231,7 @@ fn resolve_from<'a>(doc: &'a Value, op_index: usize, from: &str) -> Result<&'a V
 struct ConfigRepr {
     doc_json: String,
     serial: u64,
+    lsn: u64,
 }
 
 impl Serialize for ConfigState {
@@ -228,6 +240,7 @@ impl Serialize for ConfigState {
         ConfigRepr {
             doc_json,
             serial: self.serial,
+            lsn: self.lsn,
         }
         .serialize(serializer)
     }
@@ -242,6 +255,11 @@ impl<'de> Deserialize<'de> for ConfigState {
                 "config document longer than DOC_BYTES_MAX",
             ));
         }
+        if (repr.serial == 0) != (repr.lsn == 0) {
+            return Err(D::Error::custom(
+                "config serial and the LSN of its last change disagree",
+            ));
+        }
         let doc: Value = serde_json::from_str(&repr.doc_json).map_err(D::Error::custom)?;
         if depth_capped(&doc, DOC_DEPTH_MAX).is_none() {
             return Err(D::Error::custom(
@@ -253,6 +271,7 @@ impl<'de> Deserialize<'de> for ConfigState {
         Ok(ConfigState {
             doc,
             serial: repr.serial,
+            lsn: repr.lsn,
             doc_bytes,
         })
     }
@@ -272,9 +291,10 @@ mod tests {
     fn patch_applies_and_bumps_serial() {
         // Invariant: a successful patch changes the doc and adds 1 to serial.
         let mut c = ConfigState::default();
-        c.apply_patch(&patch(
-            json!([{"op": "add", "path": "/nodes", "value": {"n1": 1}}]),
-        ))
+        c.apply_patch(
+            1,
+            &patch(json!([{"op": "add", "path": "/nodes", "value": {"n1": 1}}])),
+        )
         .unwrap();
         assert_eq!(c.serial(), 1);
         assert_eq!(c.get("/nodes/n1"), Some(&json!(1)));
@@ -288,19 +308,19 @@ mod tests {
         // Invariant: a patch failing at op i reports i and leaves doc and
         // serial exactly as they were.
         let mut c = ConfigState::default();
-        c.apply_patch(&patch(json!([{"op": "add", "path": "/a", "value": 1}])))
+        c.apply_patch(1, &patch(json!([{"op": "add", "path": "/a", "value": 1}])))
             .unwrap();
         let before = c.clone();
         let p = patch(json!([
             {"op": "add", "path": "/b", "value": 2},
             {"op": "test", "path": "/a", "value": 2},
         ]));
-        let e = c.apply_patch(&p).unwrap_err();
+        let e = c.apply_patch(1, &p).unwrap_err();
         assert!(matches!(e, StateError::Patch { op_index: 1, .. }), "{e:?}");
         assert_eq!(c, before);
         let p = patch(json!([{"op": "copy", "from": "/nope", "path": "/c"}]));
         assert!(matches!(
-            c.apply_patch(&p),
+            c.apply_patch(1, &p),
             Err(StateError::Patch { op_index: 0, .. })
         ));
         assert_eq!(c, before);
@@ -312,20 +332,26 @@ mod tests {
         // DOC_DEPTH_MAX, even by copying it into itself repeatedly.
         let mut c = ConfigState::default();
         let blob = "x".repeat(1 << 20);
-        c.apply_patch(&patch(json!([{"op": "add", "path": "/a", "value": blob}])))
-            .unwrap();
+        c.apply_patch(
+            1,
+            &patch(json!([{"op": "add", "path": "/a", "value": blob}])),
+        )
+        .unwrap();
         let before = c.clone();
         let ops: Vec<Value> = (0..64)
             .map(|_| json!({"op": "copy", "from": "", "path": "/a"}))
             .collect();
-        let e = c.apply_patch(&patch(Value::Array(ops))).unwrap_err();
+        let e = c.apply_patch(1, &patch(Value::Array(ops))).unwrap_err();
         assert!(matches!(e, StateError::PatchTooLarge { .. }), "{e:?}");
         assert_eq!(c, before);
         let mut deep = json!(1);
         for _ in 0..DOC_DEPTH_MAX {
             deep = json!([deep]);
         }
-        let e = c.apply_patch(&patch(json!([{"op": "add", "path": "/d", "value": deep}])));
+        let e = c.apply_patch(
+            1,
+            &patch(json!([{"op": "add", "path": "/d", "value": deep}])),
+        );
         assert!(matches!(
             e,
             Err(StateError::PatchTooLarge {
@@ -359,9 +385,10 @@ mod tests {
     fn snapshot_round_trip_and_refusal() {
         // Invariant: decode(encode(c)) == c; a too-deep doc is refused.
         let mut c = ConfigState::default();
-        c.apply_patch(&patch(
-            json!([{"op": "add", "path": "/z", "value": [1, {"b": null}]}]),
-        ))
+        c.apply_patch(
+            1,
+            &patch(json!([{"op": "add", "path": "/z", "value": [1, {"b": null}]}])),
+        )
         .unwrap();
         let back: ConfigState = crate::codec::decode(&crate::codec::encode(&c).unwrap()).unwrap();
         assert_eq!(back, c);
@@ -373,9 +400,35 @@ mod tests {
         let bytes = crate::codec::encode(&ConfigRepr {
             doc_json: deep,
             serial: 1,
+            lsn: 1,
         })
         .unwrap();
         assert!(crate::codec::decode::<ConfigState>(&bytes).is_err());
+    }
+
+    #[test]
+    fn lsn_of_last_change_is_kept_and_survives_a_snapshot() {
+        // Invariant: `lsn` is the LSN of the last applied patch (a failed
+        // patch does not move it), it round-trips, and a snapshot whose
+        // serial and lsn disagree about "never changed" is refused.
+        let mut c = ConfigState::default();
+        assert_eq!((c.serial(), c.lsn()), (0, 0));
+        c.apply_patch(7, &patch(json!([{"op": "add", "path": "/a", "value": 1}])))
+            .unwrap();
+        let bad = patch(json!([{"op": "remove", "path": "/nope"}]));
+        assert!(c.apply_patch(9, &bad).is_err());
+        assert_eq!((c.serial(), c.lsn()), (1, 7));
+        let back: ConfigState = crate::codec::decode(&crate::codec::encode(&c).unwrap()).unwrap();
+        assert_eq!(back.lsn(), 7);
+        for (serial, lsn) in [(1, 0), (0, 5)] {
+            let repr = ConfigRepr {
+                doc_json: "{}".into(),
+                serial,
+                lsn,
+            };
+            let bytes = crate::codec::encode(&repr).unwrap();
+            assert!(crate::codec::decode::<ConfigState>(&bytes).is_err());
+        }
     }
 
     fn arb_op() -> impl Strategy<Value = Value> {
@@ -418,7 +471,7 @@ mod tests {
             // reports the first failing op index and changes nothing.
             let mut c = ConfigState::default();
             for op in setup {
-                let _ = c.apply_patch(&patch(json!([op])));
+                let _ = c.apply_patch(1, &patch(json!([op])));
             }
             let before = c.clone();
             let mut expected = c.doc().clone();
@@ -429,7 +482,7 @@ mod tests {
                     break;
                 }
             }
-            match c.apply_patch(&patch(Value::Array(ops))) {
+            match c.apply_patch(1, &patch(Value::Array(ops))) {
                 Ok(()) => {
                     prop_assert_eq!(first_failure, None);
                     prop_assert_eq!(c.doc(), &expected);

@@ -319,6 +319,13 @@ impl TryFrom<StateRepr> for State {
                 "session {s} holds locks or dedup entries but is not open"
             ));
         }
+        if r.config.lsn() > r.applied_lsn {
+            return invalid(format!(
+                "config changed at LSN {} after the applied LSN {}",
+                r.config.lsn(),
+                r.applied_lsn
+            ));
+        }
         if r.next_token == 0 || r.locks.max_token().is_some_and(|t| t >= r.next_token) {
             return invalid(format!(
                 "a held token is not below next_token {}",
@@ -503,7 +510,7 @@ impl State {
                 self.check_config_writer(*session, *release_config)?;
                 self.check_request_id(*session, request_id.as_deref())?;
                 let patch = config::parse_patch(patch_json)?;
-                self.config.apply_patch(&patch)?;
+                self.config.apply_patch(lsn, &patch)?;
                 let serial = self.config.serial();
                 let outcome = match session {
                     Some(s) => {
