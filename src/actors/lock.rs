@@ -10,7 +10,7 @@
 //! step's last LSN is durable; a step that changed nothing still waits for
 //! the LSN it read at (G4).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,19 @@ use crate::api::types::{
 };
 use crate::replay::encode_record;
 use crate::state::{
-    CloseReason, LockMode, LockRequest, Outcome, Record, SessionId, State, StateError, Waiter,
-    WaiterId, CONFIG_LOCK,
+    CloseReason, GrantPass, LockMode, LockRequest, Outcome, Record, Requester, SessionId, State,
+    StateError, Waiter, WaiterId, CONFIG_LOCK,
 };
 use crate::wal::Wal;
 
 /// The longest a request may wait for locks or for the config lock.
 pub const WAIT_MS_MAX: u64 = 3_600_000;
-/// One-shot transactions waiting for the config lock, at most.
+/// One-shot transactions waiting for the config lock, at most. They wait
+/// in the state's one queue (bounded by `WAITERS_MAX`), but each also keeps
+/// its patch here until it runs.
 pub const TXN_WAITERS_MAX: usize = 4_096;
+/// The priority of every transaction: the API has no field for it.
+const TXN_PRIORITY: i8 = 0;
 /// How often leases are checked. A lease ends at most this late.
 pub const EXPIRY_TICK_MS: u64 = 100;
 
@@ -71,11 +75,11 @@ impl Step {
     }
 }
 
+/// What the queue's waiter for a transaction does not carry.
 struct PendingTxn {
-    seq: u64,
     patch_json: String,
     if_serial: Option<u64>,
-    request_id: Option<String>,
+    wait_ms: u64,
     reply: Reply<TxnResponse>,
 }
 
@@ -88,10 +92,10 @@ pub struct LockActor {
     config: Addr<ConfigActor>,
     /// Monotonic origin of the millisecond clock the state machines get.
     clock: Instant,
-    /// Waiter ids and arrival order, for waiters and waiting transactions.
+    /// Waiter ids and arrival order, for session and transaction waiters.
     next_seq: u64,
     waiting: HashMap<WaiterId, Reply<AcquireResponse>>,
-    txns: VecDeque<PendingTxn>,
+    txns: HashMap<WaiterId, PendingTxn>,
 }
 
 impl LockActor {
@@ -109,7 +113,7 @@ impl LockActor {
             clock: Instant::now(),
             next_seq: 1,
             waiting: HashMap::new(),
-            txns: VecDeque::new(),
+            txns: HashMap::new(),
         }
     }
 
@@ -224,30 +228,21 @@ impl LockActor {
         seq
     }
 
-    /// After locks were freed or a waiter left: run waiting transactions
-    /// that may go now, then grant every grantable waiter, in queue order,
-    /// each as its own Grant record.
+    /// After locks were freed or a waiter left: grant every grantable
+    /// waiter, in queue order, each as its own Grant record, and run each
+    /// runnable transaction as its one ConfigWrite record.
     fn wake(&mut self, step: &mut Step) {
-        self.run_txns(step);
         loop {
             let pass = self.state.grantable_waiters();
             let refused = !pass.refuse.is_empty();
-            for (id, err) in pass.refuse {
-                self.state.cancel_waiter(id);
-                if let Some(reply) = self.waiting.remove(&id) {
-                    step.answers.push(answer(reply, Err(err.into())));
+            for (id, err) in &pass.refuse {
+                self.state.cancel_waiter(*id);
+                if let Some(reply) = self.waiting.remove(id) {
+                    step.answers.push(answer(reply, Err(err.clone().into())));
                 }
             }
-            for id in pass.grant {
-                let result = self
-                    .state
-                    .grant_waiter(id)
-                    .map_err(ApiError::from)
-                    .and_then(|(_, record)| self.apply(step, record))
-                    .map(|applied| granted(applied.outcome));
-                if let Some(reply) = self.waiting.remove(&id) {
-                    step.answers.push(answer(reply, result));
-                }
+            for id in &pass.grant {
+                self.grant_one(step, *id, &pass);
             }
             // A refused waiter left the queue and may have blocked others.
             if !refused {
@@ -256,53 +251,36 @@ impl LockActor {
         }
     }
 
-    /// Whether the waiting transaction `seq` may take the config lock now:
-    /// nobody holds it, and no session waiter that is more urgent, or as
-    /// urgent and earlier, wants it.
-    fn txn_may_run(&self, seq: u64) -> bool {
-        let held = self
-            .state
-            .locks()
-            .holders_of(CONFIG_LOCK)
-            .is_some_and(|h| !h.is_empty());
-        let ahead = self.state.locks().waiters().any(|w| {
-            w.locks.iter().any(|l| l.name == CONFIG_LOCK)
-                && (w.priority < 0 || (w.priority == 0 && w.seq < seq))
-        });
-        !held && !ahead
-    }
-
-    fn run_txns(&mut self, step: &mut Step) {
-        while let Some(head) = self.txns.front() {
-            if !self.txn_may_run(head.seq) {
-                break;
-            }
-            let Some(txn) = self.txns.pop_front() else {
-                break;
-            };
-            let result = self.txn_now(step, txn.patch_json, txn.if_serial, txn.request_id);
+    fn grant_one(&mut self, step: &mut Step, id: WaiterId, pass: &GrantPass) {
+        if let Some(txn) = self.txns.remove(&id) {
+            let result = self
+                .state
+                .run_txn_waiter(id, txn.patch_json)
+                .map_err(ApiError::from)
+                .and_then(|(_, record)| self.txn_now(step, record, txn.if_serial));
             step.answers.push(answer(txn.reply, result));
+            return;
+        }
+        let result = self
+            .state
+            .grant_waiter(id, pass)
+            .map_err(ApiError::from)
+            .and_then(|(_, record)| self.apply(step, record))
+            .map(|applied| granted(applied.outcome));
+        if let Some(reply) = self.waiting.remove(&id) {
+            step.answers.push(answer(reply, result));
         }
     }
 
-    /// Runs a transaction that may take the config lock now.
+    /// Runs a transaction's record now that it may take the config lock: a
+    /// serial mismatch or a failing patch changes nothing.
     fn txn_now(
         &mut self,
         step: &mut Step,
-        patch_json: String,
+        record: Record,
         if_serial: Option<u64>,
-        request_id: Option<String>,
     ) -> Result<TxnResponse, ApiError> {
-        if let Some(done) = self.dedup(None, request_id.as_deref()) {
-            return txn_outcome(done);
-        }
         check_serial(self.state.config().serial(), if_serial)?;
-        let record = Record::ConfigWrite {
-            session: None,
-            patch_json,
-            release_config: false,
-            request_id,
-        };
         let applied = self.apply(step, record)?;
         txn_outcome(applied.outcome.ok_or_else(missing_outcome)?)
     }
@@ -356,37 +334,26 @@ impl LockActor {
         Ok(applied.lsn)
     }
 
+    /// A waiter's time is up: it leaves the queue (so it blocks nobody any
+    /// more) and its request fails; the waiters behind it may go now.
     fn waiter_timed_out(&mut self, id: WaiterId, ctx: &mut Context<Self>) {
-        let Some(reply) = self.waiting.remove(&id) else {
-            return;
-        };
         let mut step = Step::new(false);
-        if let Some(w) = self.state.cancel_waiter(id) {
-            let blockers = self
-                .state
-                .locks()
-                .blockers(Some(w.session), &w.locks, w.priority);
-            step.answers.push(answer(reply, Ok(not_granted(blockers))));
+        if let Some(txn) = self.txns.remove(&id) {
+            self.state.cancel_waiter(id);
+            let err = ApiError::new(
+                409,
+                "config_locked",
+                format!("the config lock stayed busy for {} ms", txn.wait_ms),
+            );
+            step.answers.push(answer(txn.reply, Err(err)));
+        } else if let Some(reply) = self.waiting.remove(&id) {
+            if let Some(w) = self.state.cancel_waiter(id) {
+                let blockers = self.state.locks().blockers(w.owner, &w.locks, w.priority);
+                step.answers.push(answer(reply, Ok(not_granted(blockers))));
+            }
+        } else {
+            return;
         }
-        self.wake(&mut step);
-        self.finish(step, ctx);
-    }
-
-    fn txn_timed_out(&mut self, seq: u64, wait_ms: u64, ctx: &mut Context<Self>) {
-        let Some(pos) = self.txns.iter().position(|t| t.seq == seq) else {
-            return;
-        };
-        let Some(txn) = self.txns.remove(pos) else {
-            return;
-        };
-        let mut step = Step::new(false);
-        let err = ApiError::new(
-            409,
-            "config_locked",
-            format!("the config lock stayed busy for {wait_ms} ms"),
-        );
-        step.answers.push(answer(txn.reply, Err(err)));
-        // The transaction left the queue; one behind it may go now.
         self.wake(&mut step);
         self.finish(step, ctx);
     }
@@ -405,13 +372,14 @@ fn granted(outcome: Option<Outcome>) -> AcquireResponse {
     }
 }
 
-fn not_granted(blockers: Vec<SessionId>) -> AcquireResponse {
+/// `blockers` as sessions ids, and `txn` for a waiting transaction.
+fn not_granted(blockers: Vec<Requester>) -> AcquireResponse {
     AcquireResponse {
         granted: false,
         token: None,
         lsn: None,
         locks: None,
-        blockers: Some(blockers.iter().map(SessionId::to_string).collect()),
+        blockers: Some(blockers.iter().map(Requester::to_string).collect()),
     }
 }
 
@@ -651,59 +619,63 @@ impl LockActor {
                 _ => Err(reused_id()),
             };
         }
-        if let Some(min) = m.min {
-            if m.wait_ms > 0 {
-                return Err(ApiError::bad_request(
-                    "an opportunistic acquire (min) does not wait; omit wait_ms",
-                ));
-            }
-            if min > m.locks.len() {
+        let min = match m.min {
+            Some(min) if min > m.locks.len() => {
                 return Err(ApiError::bad_request(format!(
                     "min {min} exceeds the {} locks asked for",
                     m.locks.len()
                 )));
             }
-            let decided = self.state.decide_opportunistic(
-                session,
-                &m.locks,
-                min,
-                priority,
-                m.request_id.clone(),
-            )?;
-            let response = match decided {
-                Some(record) => granted(self.apply(step, record)?.outcome),
-                None => not_granted(
-                    self.state
-                        .locks()
-                        .blockers(Some(session), &m.locks, priority),
-                ),
-            };
-            return Ok(Acquired::Now(response));
-        }
-        let decided =
-            self.state
-                .decide_grant(session, m.locks.clone(), priority, m.request_id.clone());
-        match decided {
-            Ok(record) => Ok(Acquired::Now(granted(self.apply(step, record)?.outcome))),
-            Err(StateError::Blocked { blockers }) if m.wait_ms == 0 => {
-                Ok(Acquired::Now(not_granted(blockers)))
-            }
-            Err(StateError::Blocked { .. }) => {
-                let seq = self.next_seq();
-                let id = WaiterId(seq);
-                self.state.enqueue_waiter(Waiter {
-                    id,
+            Some(min) => {
+                // WConfD's guardedOpportunisticLockUnion: whichever are free
+                // now if at least `min` are; else wait (below) until at
+                // least `min` are, and take whichever are free then.
+                let decided = self.state.decide_opportunistic(
                     session,
-                    locks: m.locks.clone(),
+                    &m.locks,
+                    min,
                     priority,
-                    seq,
-                    enqueued_ms: self.now_ms(),
-                    request_id: m.request_id.clone(),
-                })?;
-                Ok(Acquired::Waiting(id))
+                    m.request_id.clone(),
+                )?;
+                if let Some(record) = decided {
+                    return Ok(Acquired::Now(granted(self.apply(step, record)?.outcome)));
+                }
+                Some(min)
             }
-            Err(e) => Err(e.into()),
+            None => {
+                let decided = self.state.decide_grant(
+                    session,
+                    m.locks.clone(),
+                    priority,
+                    m.request_id.clone(),
+                );
+                match decided {
+                    Ok(record) => {
+                        return Ok(Acquired::Now(granted(self.apply(step, record)?.outcome)))
+                    }
+                    Err(StateError::Blocked { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if m.wait_ms == 0 {
+            let owner = Requester::Session(session);
+            let blockers = self.state.locks().blockers(owner, &m.locks, priority);
+            return Ok(Acquired::Now(not_granted(blockers)));
         }
+        let seq = self.next_seq();
+        let id = WaiterId(seq);
+        self.state.enqueue_waiter(Waiter {
+            id,
+            owner: Requester::Session(session),
+            locks: m.locks.clone(),
+            min,
+            priority,
+            seq,
+            enqueued_ms: self.now_ms(),
+            request_id: m.request_id.clone(),
+        })?;
+        Ok(Acquired::Waiting(id))
     }
 }
 
@@ -785,7 +757,7 @@ impl Handler<GetLocks> for LockActor {
         let waiters = locks
             .waiters()
             .map(|w| WaiterView {
-                session: w.session.to_string(),
+                session: w.owner.to_string(),
                 locks: w.locks.iter().map(LockSpec::from).collect(),
                 priority: w.priority,
                 age_ms: now_ms.saturating_sub(w.enqueued_ms),
@@ -837,6 +809,57 @@ impl Handler<Write> for LockActor {
     }
 }
 
+impl LockActor {
+    /// Runs a new transaction now, or queues it behind everyone ahead of it
+    /// for `config` (returning its waiter id), or answers why it cannot.
+    fn txn(
+        &mut self,
+        step: &mut Step,
+        txn: PendingTxn,
+        request_id: Option<String>,
+    ) -> Option<WaiterId> {
+        let result = match check_wait(txn.wait_ms) {
+            Err(e) => Err(e),
+            Ok(()) => match self.dedup(None, request_id.as_deref()) {
+                Some(done) => txn_outcome(done),
+                None => match self.state.txn_blockers(TXN_PRIORITY, request_id.as_deref()) {
+                    Err(e) => Err(e.into()),
+                    Ok(blockers) if blockers.is_empty() => self
+                        .state
+                        .decide_txn(txn.patch_json, TXN_PRIORITY, request_id)
+                        .map_err(ApiError::from)
+                        .and_then(|record| self.txn_now(step, record, txn.if_serial)),
+                    Ok(_) if txn.wait_ms == 0 => Err(ApiError::new(
+                        409,
+                        "config_locked",
+                        "the config lock is busy",
+                    )),
+                    Ok(_) if self.txns.len() >= TXN_WAITERS_MAX => Err(StateError::Full {
+                        what: "waiting transactions",
+                        max: TXN_WAITERS_MAX,
+                    }
+                    .into()),
+                    Ok(_) => {
+                        let seq = self.next_seq();
+                        let id = WaiterId(seq);
+                        let now_ms = self.now_ms();
+                        let waiter = State::txn_waiter(id, TXN_PRIORITY, seq, now_ms, request_id);
+                        match self.state.enqueue_waiter(waiter) {
+                            Ok(()) => {
+                                self.txns.insert(id, txn);
+                                return Some(id);
+                            }
+                            Err(e) => Err(e.into()),
+                        }
+                    }
+                },
+            },
+        };
+        step.answers.push(answer(txn.reply, result));
+        None
+    }
+}
+
 impl Handler<Txn> for LockActor {
     type Result = ();
 
@@ -849,33 +872,15 @@ impl Handler<Txn> for LockActor {
             request_id,
             reply,
         } = m;
-        if let Err(e) = check_wait(wait_ms) {
-            step.answers.push(answer(reply, Err(e)));
-            return self.finish(step, ctx);
-        }
-        let seq = self.next_seq();
-        if self.txns.is_empty() && self.txn_may_run(seq) {
-            let result = self.txn_now(&mut step, patch_json, if_serial, request_id);
-            step.answers.push(answer(reply, result));
-        } else if wait_ms == 0 {
-            let err = ApiError::new(409, "config_locked", "the config lock is busy");
-            step.answers.push(answer(reply, Err(err)));
-        } else if self.txns.len() >= TXN_WAITERS_MAX {
-            let err = StateError::Full {
-                what: "waiting transactions",
-                max: TXN_WAITERS_MAX,
-            };
-            step.answers.push(answer(reply, Err(err.into())));
-        } else {
-            self.txns.push_back(PendingTxn {
-                seq,
-                patch_json,
-                if_serial,
-                request_id,
-                reply,
-            });
+        let txn = PendingTxn {
+            patch_json,
+            if_serial,
+            wait_ms,
+            reply,
+        };
+        if let Some(id) = self.txn(&mut step, txn, request_id) {
             ctx.run_later(Duration::from_millis(wait_ms), move |act, ctx| {
-                act.txn_timed_out(seq, wait_ms, ctx)
+                act.waiter_timed_out(id, ctx)
             });
         }
         self.finish(step, ctx);
@@ -894,7 +899,7 @@ impl Handler<GetStatus> for LockActor {
             durable_lsn: self.wal.durable_lsn(),
             sessions: self.state.sessions().len() as u64,
             locks_held: locks.len() as u64,
-            waiters: (locks.waiters().count() + self.txns.len()) as u64,
+            waiters: locks.waiters().count() as u64,
             config_serial: self.state.config().serial(),
             uptime_ms: self.now_ms(),
             fsync_last_us: telemetry.last_sync_us,

@@ -6,7 +6,8 @@
 //! exclusive holder is alone. Requests are all-or-nothing. Waiters are served
 //! by priority (-20 first, 19 last), then by arrival, and a waiter blocks every
 //! later conflicting request, so a stream of shared requests cannot starve an
-//! exclusive one.
+//! exclusive one. A one-shot config transaction waits in the same queue as
+//! [`Requester::Txn`], so it takes `config` in its turn like any session.
 //!
 //! The decision functions (`try_acquire`, `try_acquire_opportunistic`,
 //! `grantable_waiters`) read the live queue and the lock order; the apply
@@ -14,6 +15,7 @@
 //! `release_session`) read only what the log knows, so replay needs neither.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,12 +56,59 @@ pub struct Hold {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WaiterId(pub u64);
 
+/// Who asks for locks: a session, or the daemon itself on behalf of a
+/// one-shot transaction (`POST /v1/config/txn`), which takes `config`,
+/// applies its patch and releases in one record. A transaction is nobody's
+/// session: it conflicts with every other requester, other transactions
+/// included, and never holds anything between records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Requester {
+    Session(SessionId),
+    Txn,
+}
+
+impl Requester {
+    pub fn session(self) -> Option<SessionId> {
+        match self {
+            Requester::Session(s) => Some(s),
+            Requester::Txn => None,
+        }
+    }
+
+    /// Whether `self` and `other` are different requesters, whose requests
+    /// may conflict. Two transactions are always different.
+    fn other_than(self, other: Requester) -> bool {
+        self == Requester::Txn || self != other
+    }
+}
+
+impl From<Option<SessionId>> for Requester {
+    fn from(session: Option<SessionId>) -> Requester {
+        session.map_or(Requester::Txn, Requester::Session)
+    }
+}
+
+/// A session as its id; a transaction as `txn` (never a session id, which
+/// is 32 hex digits).
+impl fmt::Display for Requester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Requester::Session(s) => s.fmt(f),
+            Requester::Txn => f.write_str("txn"),
+        }
+    }
+}
+
 /// A request waiting for its locks. Live only: never in a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Waiter {
     pub id: WaiterId,
-    pub session: SessionId,
+    pub owner: Requester,
+    /// All of these, or with `min`, the candidates.
     pub locks: Vec<LockRequest>,
+    /// Opportunistic: granted as soon as at least `min` of `locks` can be
+    /// taken, with whichever can be taken then.
+    pub min: Option<usize>,
     /// -20 (most urgent) to 19.
     pub priority: i8,
     /// Arrival order, from the caller's counter; FIFO within a priority.
@@ -113,8 +162,12 @@ impl LockOrder {
 /// The outcome of one pass over the waiters after locks were freed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GrantPass {
-    /// Waiters that can be granted now, in the order to grant them.
+    /// Waiters that can be granted now, in the order to grant them. A
+    /// [`Requester::Txn`] waiter is not granted but run: it takes and
+    /// releases `config` in one record, so it holds nothing afterwards.
     pub grant: Vec<WaiterId>,
+    /// For the opportunistic waiters in `grant`: the locks they take.
+    pub taken: BTreeMap<WaiterId, Vec<LockRequest>>,
     /// Waiters that can never be granted as asked (their session meanwhile
     /// took a lock at a higher level); the caller fails them.
     pub refuse: Vec<(WaiterId, StateError)>,
@@ -131,11 +184,11 @@ pub struct LockTable {
     queue: BTreeMap<WaitKey, Waiter>,
     keys: BTreeMap<WaiterId, WaitKey>,
     /// name -> the waiters asking for it, in queue order, with their mode.
-    waiting: BTreeMap<String, BTreeMap<WaitKey, (SessionId, LockMode)>>,
+    waiting: BTreeMap<String, BTreeMap<WaitKey, (Requester, LockMode)>>,
     waiting_locks: usize,
-    /// (session, request id) -> the waiter carrying it, so a retry of a
+    /// (requester, request id) -> the waiter carrying it, so a retry of a
     /// request that is still waiting is recognised instead of queued twice.
-    waiting_requests: BTreeMap<(SessionId, String), WaiterId>,
+    waiting_requests: BTreeMap<(Requester, String), WaiterId>,
 }
 
 impl PartialEq for LockTable {
@@ -244,10 +297,10 @@ impl LockTable {
         self.keys.get(&id).map(|k| &self.queue[k])
     }
 
-    /// The waiter carrying `request_id` of `session`, if it is still waiting.
-    pub fn waiting_request(&self, session: SessionId, request_id: &str) -> Option<WaiterId> {
+    /// The waiter carrying `request_id` of `owner`, if it is still waiting.
+    pub fn waiting_request(&self, owner: Requester, request_id: &str) -> Option<WaiterId> {
         self.waiting_requests
-            .get(&(session, request_id.to_string()))
+            .get(&(owner, request_id.to_string()))
             .copied()
     }
 
@@ -313,40 +366,42 @@ impl LockTable {
         Ok(())
     }
 
-    /// Sessions of waiters queued ahead of a new request at `priority` whose
-    /// locks conflict with `lock`. Everyone already waiting at the same or a
-    /// more urgent priority is ahead of a newcomer.
+    /// Waiters queued ahead of a new request of `owner` at `priority`
+    /// whose locks conflict with `lock`. Everyone already waiting at the
+    /// same or a more urgent priority is ahead of a newcomer.
     fn queued_conflicts<'a>(
         &'a self,
-        session: Option<SessionId>,
+        owner: Requester,
         lock: &'a LockRequest,
         priority: i8,
-    ) -> impl Iterator<Item = SessionId> + 'a {
+    ) -> impl Iterator<Item = Requester> + 'a {
         let waiting = self.waiting.get(&lock.name).into_iter().flatten();
         let ahead = waiting
             .take_while(move |(key, _)| key.0 <= priority)
             .map(|(_, v)| *v);
         ahead
-            .filter(move |(s, m)| Some(*s) != session && !m.compatible(lock.mode))
-            .map(|(s, _)| s)
+            .filter(move |(w, m)| w.other_than(owner) && !m.compatible(lock.mode))
+            .map(|(w, _)| w)
     }
 
-    /// Who would block `locks` for `session` (None: the daemon itself, for a
-    /// one-shot transaction) arriving now at `priority`: conflicting holders
-    /// and conflicting waiters ahead. Sorted, without repeats.
+    /// Who would block `locks` for `owner` arriving now at `priority`:
+    /// conflicting holders and conflicting waiters ahead (a waiting
+    /// transaction shows as [`Requester::Txn`]). Sorted, without repeats;
+    /// empty exactly when nothing blocks.
     pub fn blockers(
         &self,
-        session: Option<SessionId>,
+        owner: Requester,
         locks: &[LockRequest],
         priority: i8,
-    ) -> Vec<SessionId> {
+    ) -> Vec<Requester> {
         let mut out = BTreeSet::new();
         for lock in locks {
-            if session.is_some_and(|s| self.covered(s, lock)) {
+            if owner.session().is_some_and(|s| self.covered(s, lock)) {
                 continue;
             }
-            out.extend(self.holder_conflicts(session, lock));
-            out.extend(self.queued_conflicts(session, lock, priority));
+            let holders = self.holder_conflicts(owner.session(), lock);
+            out.extend(holders.map(Requester::Session));
+            out.extend(self.queued_conflicts(owner, lock, priority));
         }
         out.into_iter().collect()
     }
@@ -362,7 +417,7 @@ impl LockTable {
         check_request(locks)?;
         check_priority(priority)?;
         self.check_order(session, locks)?;
-        let blockers = self.blockers(Some(session), locks, priority);
+        let blockers = self.blockers(Requester::Session(session), locks, priority);
         if !blockers.is_empty() {
             return Err(StateError::Blocked { blockers });
         }
@@ -386,7 +441,9 @@ impl LockTable {
             .filter(|l| {
                 let one = std::slice::from_ref(*l);
                 self.check_order(session, one).is_ok()
-                    && self.blockers(Some(session), one, priority).is_empty()
+                    && self
+                        .blockers(Requester::Session(session), one, priority)
+                        .is_empty()
             })
             .cloned()
             .collect();
@@ -398,16 +455,32 @@ impl LockTable {
     }
 
     /// Queues a request that could not be granted. It is checked as
-    /// `try_acquire` would check it (except for blocking, of course).
+    /// `try_acquire` would check it (except for blocking, of course); an
+    /// opportunistic one as `try_acquire_opportunistic` would, and its
+    /// `min` must not exceed its candidates.
     pub fn enqueue_waiter(&mut self, waiter: Waiter) -> Result<(), StateError> {
         check_request(&waiter.locks)?;
         check_priority(waiter.priority)?;
-        self.check_order(waiter.session, &waiter.locks)?;
+        match (waiter.owner, waiter.min) {
+            (_, Some(min)) if min > waiter.locks.len() => {
+                return Err(StateError::RequestTooLarge {
+                    what: "minimum locks of an opportunistic request",
+                    len: min,
+                    max: waiter.locks.len(),
+                })
+            }
+            (Requester::Txn, Some(_)) => {
+                let reason = "a transaction waits for all its locks".to_string();
+                return Err(StateError::InvalidRecord { reason });
+            }
+            (Requester::Session(s), None) => self.check_order(s, &waiter.locks)?,
+            (Requester::Session(_), Some(_)) | (Requester::Txn, None) => {}
+        }
         if self.keys.contains_key(&waiter.id) {
             return Err(StateError::WaiterExists { waiter: waiter.id });
         }
         if let Some(id) = &waiter.request_id {
-            if self.waiting_request(waiter.session, id).is_some() {
+            if self.waiting_request(waiter.owner, id).is_some() {
                 return Err(StateError::DuplicateRequest {
                     request_id: id.clone(),
                 });
@@ -428,12 +501,12 @@ impl LockTable {
         let key = (waiter.priority, waiter.seq, waiter.id);
         for lock in &waiter.locks {
             let by_name = self.waiting.entry(lock.name.clone()).or_default();
-            by_name.insert(key, (waiter.session, lock.mode));
+            by_name.insert(key, (waiter.owner, lock.mode));
         }
         self.waiting_locks += waiter.locks.len();
         if let Some(request_id) = &waiter.request_id {
             self.waiting_requests
-                .insert((waiter.session, request_id.clone()), waiter.id);
+                .insert((waiter.owner, request_id.clone()), waiter.id);
         }
         self.keys.insert(waiter.id, key);
         self.queue.insert(key, waiter);
@@ -457,69 +530,101 @@ impl LockTable {
         self.waiting_locks -= waiter.locks.len();
         if let Some(request_id) = &waiter.request_id {
             self.waiting_requests
-                .remove(&(waiter.session, request_id.clone()));
+                .remove(&(waiter.owner, request_id.clone()));
         }
         Some(waiter)
     }
 
     /// One pass over the queue in service order: a waiter is grantable if no
-    /// other session holds a conflicting lock and no waiter ahead of it (of
-    /// another session) asks for a conflicting one. Waiters granted earlier
-    /// in the pass count as granted for later ones (as holders, and as
-    /// making a re-ask a no-op), so the caller can log and apply the Grants
-    /// in the returned order, each passes `check_grant`, and granting never
-    /// frees anything: one pass after each release, downgrade, close or
-    /// cancel finds everything grantable.
+    /// other requester holds a conflicting lock and no waiter ahead of it
+    /// (of another requester) asks for a conflicting one; an opportunistic
+    /// waiter if at least `min` of its candidates are free in that sense,
+    /// and it takes those. Waiters granted earlier in the pass count as
+    /// granted for later ones (as holders, and as making a re-ask a no-op),
+    /// so the caller can log and apply the Grants in the returned order,
+    /// each passes `check_grant`, and granting never frees anything: one
+    /// pass after each release, downgrade, close or cancel finds everything
+    /// grantable. A transaction granted in the pass holds nothing after its
+    /// one record, so it blocks nobody behind it.
     pub fn grantable_waiters(&self) -> GrantPass {
         let mut pass = GrantPass::default();
-        // name -> (session, mode) of the waiters seen so far.
-        let mut ahead: BTreeMap<&str, Vec<(SessionId, LockMode)>> = BTreeMap::new();
+        // name -> (requester, mode) of the waiters seen so far, as they
+        // still want or now hold them.
+        let mut ahead: BTreeMap<&str, Vec<(Requester, LockMode)>> = BTreeMap::new();
         // What this pass granted, per session: modes by name, and levels.
         let mut granted: BTreeMap<(SessionId, &str), LockMode> = BTreeMap::new();
         let mut granted_levels: BTreeMap<SessionId, Vec<(usize, &str)>> = BTreeMap::new();
         for w in self.queue.values() {
+            let session = w.owner.session();
             let covered = |l: &LockRequest| {
-                self.covered(w.session, l)
-                    || granted
-                        .get(&(w.session, l.name.as_str()))
-                        .is_some_and(|m| m.covers(l.mode))
+                session.is_some_and(|s| {
+                    self.covered(s, l)
+                        || granted
+                            .get(&(s, l.name.as_str()))
+                            .is_some_and(|m| m.covers(l.mode))
+                })
             };
-            let also = granted_levels
-                .get(&w.session)
+            let also = session
+                .and_then(|s| granted_levels.get(&s))
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
-            if let Err(e) = self.check_order_with(w.session, &w.locks, also, &covered) {
-                pass.refuse.push((w.id, e));
-                continue;
-            }
-            let blocked = w.locks.iter().any(|l| {
-                !covered(l)
-                    && (self.holder_conflicts(Some(w.session), l).next().is_some()
-                        || ahead.get(l.name.as_str()).is_some_and(|v| {
+            let order_ok = |locks: &[LockRequest]| match session {
+                Some(s) => self.check_order_with(s, locks, also, &covered),
+                None => Ok(()),
+            };
+            let free = |l: &LockRequest| {
+                covered(l)
+                    || (self.holder_conflicts(session, l).next().is_none()
+                        && !ahead.get(l.name.as_str()).is_some_and(|v| {
                             v.iter()
-                                .any(|(s, m)| *s != w.session && !m.compatible(l.mode))
+                                .any(|(o, m)| o.other_than(w.owner) && !m.compatible(l.mode))
                         }))
-            });
-            if !blocked {
-                pass.grant.push(w.id);
-                for l in &w.locks {
-                    let mode = granted
-                        .entry((w.session, l.name.as_str()))
-                        .or_insert(l.mode);
-                    *mode = (*mode).max(l.mode);
-                    if let Some(level) = self.order.level_of(&l.name) {
-                        granted_levels
-                            .entry(w.session)
-                            .or_default()
-                            .push((level, &l.name));
+            };
+            let taken: Option<Vec<&LockRequest>> = match w.min {
+                None => {
+                    if let Err(e) = order_ok(&w.locks) {
+                        pass.refuse.push((w.id, e));
+                        continue;
                     }
+                    w.locks.iter().all(free).then(|| w.locks.iter().collect())
                 }
-            }
-            for l in &w.locks {
+                Some(min) => {
+                    let taken: Vec<&LockRequest> = w
+                        .locks
+                        .iter()
+                        .filter(|l| order_ok(std::slice::from_ref(*l)).is_ok() && free(l))
+                        .collect();
+                    (taken.len() >= min).then_some(taken)
+                }
+            };
+            let still_wants: Vec<&LockRequest> = match taken {
+                None => w.locks.iter().collect(),
+                Some(_) if w.owner == Requester::Txn => {
+                    pass.grant.push(w.id);
+                    continue;
+                }
+                Some(taken) => {
+                    pass.grant.push(w.id);
+                    if w.min.is_some() {
+                        let locks = taken.iter().map(|l| (*l).clone()).collect();
+                        pass.taken.insert(w.id, locks);
+                    }
+                    let s = session.expect("only transactions have no session");
+                    for l in &taken {
+                        let mode = granted.entry((s, l.name.as_str())).or_insert(l.mode);
+                        *mode = (*mode).max(l.mode);
+                        if let Some(level) = self.order.level_of(&l.name) {
+                            granted_levels.entry(s).or_default().push((level, &l.name));
+                        }
+                    }
+                    taken
+                }
+            };
+            for l in still_wants {
                 ahead
                     .entry(l.name.as_str())
                     .or_default()
-                    .push((w.session, l.mode));
+                    .push((w.owner, l.mode));
             }
         }
         pass
@@ -642,7 +747,7 @@ impl LockTable {
         let waiters: Vec<WaiterId> = self
             .queue
             .values()
-            .filter(|w| w.session == session)
+            .filter(|w| w.owner == Requester::Session(session))
             .map(|w| w.id)
             .collect();
         for id in &waiters {
@@ -719,6 +824,10 @@ mod tests {
         LockRequest::new(name, mode)
     }
 
+    fn who(n: u128) -> Requester {
+        Requester::Session(sid(n))
+    }
+
     /// Decides and applies at once, the way the daemon does.
     fn acquire(
         t: &mut LockTable,
@@ -734,8 +843,9 @@ mod tests {
     fn waiter(id: u64, s: u128, locks: Vec<LockRequest>, priority: i8, seq: u64) -> Waiter {
         Waiter {
             id: WaiterId(id),
-            session: sid(s),
+            owner: Requester::Session(sid(s)),
             locks,
+            min: None,
             priority,
             seq,
             enqueued_ms: 0,
@@ -753,7 +863,7 @@ mod tests {
         assert_eq!(
             e,
             Err(StateError::Blocked {
-                blockers: vec![sid(1), sid(2)]
+                blockers: vec![who(1), who(2)]
             })
         );
         acquire(&mut t, 3, &[req("b", X)], 3).unwrap();
@@ -788,7 +898,7 @@ mod tests {
         assert_eq!(
             e,
             Err(StateError::Blocked {
-                blockers: vec![sid(2)]
+                blockers: vec![who(2)]
             })
         );
     }
@@ -866,7 +976,7 @@ mod tests {
         assert_eq!(
             e,
             Err(StateError::Blocked {
-                blockers: vec![sid(2)]
+                blockers: vec![who(2)]
             })
         );
         assert!(t.try_acquire(sid(3), &[req("a", S)], 5).is_err());
@@ -906,8 +1016,9 @@ mod tests {
         );
         for id in pass.grant {
             let w = t.cancel_waiter(id).unwrap();
-            t.check_grant(w.session, &w.locks).unwrap();
-            t.grant(w.session, &w.locks, 10 + id.0);
+            let s = w.owner.session().unwrap();
+            t.check_grant(s, &w.locks).unwrap();
+            t.grant(s, &w.locks, 10 + id.0);
         }
         assert!(t.grantable_waiters().grant.is_empty());
         let (names, waiters) = t.release_session(sid(1));
@@ -942,7 +1053,7 @@ mod tests {
         t.enqueue_waiter(waiter(2, 3, vec![req("b", S)], 0, 2))
             .unwrap();
         assert!(t.grantable_waiters().grant.is_empty());
-        assert_eq!(t.cancel_waiter(WaiterId(1)).unwrap().session, sid(2));
+        assert_eq!(t.cancel_waiter(WaiterId(1)).unwrap().owner, who(2));
         assert_eq!(t.cancel_waiter(WaiterId(1)), None);
         assert_eq!(t.grantable_waiters().grant, vec![WaiterId(2)]);
         t.cancel_waiter(WaiterId(2));
@@ -1063,6 +1174,17 @@ mod tests {
             locks: Vec<(u8, bool)>,
             priority: i8,
         },
+        /// Opportunistic: at least `min` of `locks`, waiting if fewer.
+        Opportunistic {
+            s: u8,
+            locks: Vec<(u8, bool)>,
+            min: u8,
+            priority: i8,
+        },
+        /// A one-shot transaction on `l0`, the stand-in for `config`.
+        Txn {
+            priority: i8,
+        },
         Release {
             s: u8,
             n: u8,
@@ -1078,8 +1200,12 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         let locks = proptest::collection::vec((0u8..4, any::<bool>()), 1..3);
         prop_oneof![
-            4 => (0u8..4, locks, -2i8..2)
+            4 => (0u8..4, locks.clone(), -2i8..2)
                 .prop_map(|(s, locks, priority)| Op::Acquire { s, locks, priority }),
+            2 => (0u8..4, locks, 0u8..3, -2i8..2).prop_map(|(s, locks, min, priority)| {
+                Op::Opportunistic { s, locks, min, priority }
+            }),
+            2 => (-2i8..2).prop_map(|priority| Op::Txn { priority }),
             3 => (0u8..4, 0u8..4).prop_map(|(s, n)| Op::Release { s, n }),
             1 => (0u8..4).prop_map(|s| Op::Close { s }),
             1 => (0u8..16).prop_map(|w| Op::Cancel { w }),
@@ -1087,24 +1213,38 @@ mod tests {
     }
 
     /// Grants every grantable waiter and returns them in grant order, each
-    /// with the locks it newly took (not already covered when granted).
+    /// with the locks it newly took (not already covered when granted). A
+    /// transaction takes its locks and drops them again at once.
     fn pump(t: &mut LockTable, token: &mut u64) -> Vec<(Waiter, Vec<LockRequest>)> {
         let pass = t.grantable_waiters();
         let mut out = Vec::new();
         for id in pass.grant {
             let w = t.cancel_waiter(id).unwrap();
-            t.check_grant(w.session, &w.locks).unwrap();
-            let new_locks = w
-                .locks
-                .iter()
-                .filter(|l| !t.covered(w.session, l))
-                .cloned()
-                .collect();
-            t.grant(w.session, &w.locks, *token);
+            let Requester::Session(s) = w.owner else {
+                assert!(t.check_grant_txn(&w.locks), "{w:?} ran while blocked");
+                out.push((w.clone(), w.locks));
+                continue;
+            };
+            let locks = match w.min {
+                Some(_) => pass.taken[&id].clone(),
+                None => w.locks.clone(),
+            };
+            t.check_grant(s, &locks).unwrap();
+            let new_locks = locks.iter().filter(|l| !t.covered(s, l)).cloned().collect();
+            t.grant(s, &locks, *token);
             *token += 1;
             out.push((w, new_locks));
         }
         out
+    }
+
+    impl LockTable {
+        /// Whether a transaction could take `locks` now: nobody holds them.
+        fn check_grant_txn(&self, locks: &[LockRequest]) -> bool {
+            locks
+                .iter()
+                .all(|l| self.holder_conflicts(None, l).next().is_none())
+        }
     }
 
     fn assert_exclusion(t: &LockTable) {
@@ -1112,6 +1252,54 @@ mod tests {
             let x = holders.values().filter(|h| h.mode == X).count();
             assert!(x == 0 || holders.len() == 1, "{name}: {holders:?}");
         }
+    }
+
+    /// Whether `a`, newly taken by `by`, conflicts with what waiter `w`
+    /// asks for.
+    fn overtakes(by: Requester, new_locks: &[LockRequest], w: &Waiter) -> bool {
+        w.owner.other_than(by)
+            && new_locks.iter().any(|a| {
+                w.locks
+                    .iter()
+                    .any(|b| a.name == b.name && !a.mode.compatible(b.mode))
+            })
+    }
+
+    /// A waiter at `priority` or more urgent that `by`, taking
+    /// `new_locks` without waiting, would overtake.
+    fn overtaken(
+        t: &LockTable,
+        by: Requester,
+        new_locks: &[LockRequest],
+        priority: i8,
+    ) -> Option<String> {
+        let ahead = t.waiters().filter(|w| w.priority <= priority);
+        let mut ahead = ahead.filter(|w| overtakes(by, new_locks, w));
+        ahead
+            .next()
+            .map(|w| format!("{by:?} took {new_locks:?} past {w:?}"))
+    }
+
+    /// Grants `locks`, which a try path decided, after checking that what
+    /// it newly takes overtakes no waiter.
+    fn take_now(
+        t: &mut LockTable,
+        session: SessionId,
+        locks: &[LockRequest],
+        priority: i8,
+        token: &mut u64,
+    ) -> Result<(), TestCaseError> {
+        let new: Vec<_> = locks
+            .iter()
+            .filter(|l| !t.covered(session, l))
+            .cloned()
+            .collect();
+        if let Some(e) = overtaken(t, Requester::Session(session), &new, priority) {
+            return Err(TestCaseError::fail(e));
+        }
+        t.grant(session, locks, *token);
+        *token += 1;
+        Ok(())
     }
 
     proptest! {
@@ -1124,34 +1312,78 @@ mod tests {
     }
 
     fn check_mutual_exclusion_and_service_order(ops: Vec<Op>) -> Result<(), TestCaseError> {
-        // Invariant: no two sessions ever hold conflicting modes, and each
-        // pass grants waiters in (priority, arrival) order; a granted
-        // waiter never overtakes a conflicting waiter of another session
-        // that was ahead of it.
+        // Invariant: no two sessions ever hold conflicting modes, and
+        // sessions, opportunistic requests and transactions are served in
+        // one (priority, arrival) order: each pass grants waiters in that
+        // order, a granted waiter never overtakes a conflicting waiter of
+        // another requester that was ahead of it, and a request that does
+        // not wait (a try or a transaction run at once) never takes a lock
+        // a conflicting waiter at its priority or a more urgent one wants.
         let mut t = LockTable::default();
         let (mut token, mut seq, mut next_waiter) = (1u64, 0u64, 0u64);
+        let to_locks = |locks: &[(u8, bool)]| -> Vec<LockRequest> {
+            locks
+                .iter()
+                .map(|(n, x)| req(&format!("l{n}"), if *x { X } else { S }))
+                .collect()
+        };
         for op in ops {
+            let mut enqueue = |t: &mut LockTable, owner, locks, min, priority| {
+                seq += 1;
+                next_waiter += 1;
+                let w = Waiter {
+                    owner,
+                    min,
+                    ..waiter(next_waiter, 0, locks, priority, seq)
+                };
+                t.enqueue_waiter(w).unwrap();
+            };
             match op {
                 Op::Acquire { s, locks, priority } => {
-                    let locks: Vec<_> = locks
-                        .iter()
-                        .map(|(n, x)| req(&format!("l{n}"), if *x { X } else { S }))
-                        .collect();
+                    let locks = to_locks(&locks);
                     if check_request(&locks).is_err() {
                         continue;
                     }
-                    match t.try_acquire(sid(s.into()), &locks, priority) {
-                        Ok(()) => {
-                            t.grant(sid(s.into()), &locks, token);
-                            token += 1;
-                        }
+                    let session = sid(s.into());
+                    match t.try_acquire(session, &locks, priority) {
+                        Ok(()) => take_now(&mut t, session, &locks, priority, &mut token)?,
                         Err(StateError::Blocked { .. }) => {
-                            seq += 1;
-                            next_waiter += 1;
-                            t.enqueue_waiter(waiter(next_waiter, s.into(), locks, priority, seq))
-                                .unwrap();
+                            enqueue(&mut t, Requester::Session(session), locks, None, priority);
                         }
                         Err(e) => panic!("{e:?}"),
+                    }
+                }
+                Op::Opportunistic {
+                    s,
+                    locks,
+                    min,
+                    priority,
+                } => {
+                    let locks = to_locks(&locks);
+                    let (session, min) = (sid(s.into()), usize::from(min).min(locks.len()));
+                    if check_request(&locks).is_err() {
+                        continue;
+                    }
+                    match t
+                        .try_acquire_opportunistic(session, &locks, min, priority)
+                        .unwrap()
+                    {
+                        Some(taken) => take_now(&mut t, session, &taken, priority, &mut token)?,
+                        None => {
+                            let owner = Requester::Session(session);
+                            enqueue(&mut t, owner, locks, Some(min), priority);
+                        }
+                    }
+                }
+                Op::Txn { priority } => {
+                    let locks = vec![req("l0", X)];
+                    if t.blockers(Requester::Txn, &locks, priority).is_empty() {
+                        // Runs at once and holds nothing afterwards.
+                        prop_assert!(t.check_grant_txn(&locks));
+                        let e = overtaken(&t, Requester::Txn, &locks, priority);
+                        prop_assert!(e.is_none(), "{}", e.unwrap_or_default());
+                    } else {
+                        enqueue(&mut t, Requester::Txn, locks, None, priority);
                     }
                 }
                 Op::Release { s, n } => {
@@ -1177,22 +1409,37 @@ mod tests {
             sorted.sort();
             prop_assert_eq!(&keys, &sorted);
             // No overtaking: nobody newly took a lock past a conflicting
-            // waiter (of another session) that was ahead and still waits.
+            // waiter (of another requester) that was ahead and still waits.
             // Locks the session already had are no-ops and take nothing.
             for (g, new_locks) in &granted {
                 for w in before
                     .iter()
                     .filter(|w| (w.priority, w.seq) < (g.priority, g.seq))
                 {
-                    if t.waiter(w.id).is_none() || w.session == g.session {
+                    if t.waiter(w.id).is_none() {
                         continue;
                     }
-                    let conflict = new_locks.iter().any(|a| {
-                        w.locks
-                            .iter()
-                            .any(|b| a.name == b.name && !a.mode.compatible(b.mode))
+                    prop_assert!(
+                        !overtakes(g.owner, new_locks, w),
+                        "{:?} overtook {:?}",
+                        g,
+                        w
+                    );
+                }
+            }
+            // An opportunistic waiter still waiting could not take `min` now.
+            for w in t.waiters() {
+                if let (Requester::Session(s), Some(min)) = (w.owner, w.min) {
+                    let free = w.locks.iter().filter(|l| {
+                        let one = std::slice::from_ref(*l);
+                        t.covered(s, l)
+                            || (t.holder_conflicts(Some(s), l).next().is_none()
+                                && !t
+                                    .waiters()
+                                    .take_while(|a| a.id != w.id)
+                                    .any(|a| overtakes(w.owner, one, a)))
                     });
-                    prop_assert!(!conflict, "{:?} overtook {:?}", g, w);
+                    prop_assert!(free.count() < min, "{:?} could go", w);
                 }
             }
             assert_exclusion(&t);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{ConfigState, CONFIG_LOCK};
 pub use dedup::{Dedup, Outcome};
-pub use locks::{GrantPass, Hold, LockOrder, LockTable, Waiter, WaiterId};
+pub use locks::{GrantPass, Hold, LockOrder, LockTable, Requester, Waiter, WaiterId};
 pub use record::{CloseReason, LockMode, LockRequest, Record, SessionId};
 pub use sessions::{SessionInfo, Sessions};
 
@@ -94,9 +94,9 @@ pub enum StateError {
         max: usize,
     },
     /// The locks cannot be granted now; the caller may wait behind these
-    /// sessions (holders and earlier waiters) or give up.
+    /// requesters (holding sessions, earlier waiters) or give up.
     Blocked {
-        blockers: Vec<SessionId>,
+        blockers: Vec<Requester>,
     },
     /// The session holds `held`, at a higher level than `requested`.
     OrderViolation {
@@ -211,7 +211,7 @@ impl fmt::Display for StateError {
             DuplicateLock { name } => write!(f, "lock {name:?} is listed twice"),
             RequestTooLarge { what, len, max } => write!(f, "{len} {what}, at most {max}"),
             Full { what, max } => write!(f, "{what} full ({max})"),
-            Blocked { blockers } => write!(f, "blocked by {} session(s)", blockers.len()),
+            Blocked { blockers } => write!(f, "blocked by {} requester(s)", blockers.len()),
             OrderViolation { held, requested } => {
                 write!(
                     f,
@@ -604,11 +604,12 @@ impl State {
     ) -> Result<(), StateError> {
         if let Some(s) = session {
             self.check_session(s)?;
-            if let Some(id) = request_id.filter(|id| self.locks.waiting_request(s, id).is_some()) {
-                return Err(StateError::DuplicateRequest {
-                    request_id: id.to_string(),
-                });
-            }
+        }
+        let owner = Requester::from(session);
+        if let Some(id) = request_id.filter(|id| self.locks.waiting_request(owner, id).is_some()) {
+            return Err(StateError::DuplicateRequest {
+                request_id: id.to_string(),
+            });
         }
         self.check_request_id(session, request_id)
     }
@@ -706,27 +707,94 @@ impl State {
 
     /// Decides a one-shot transaction at `priority`: the daemon may take
     /// `config` internally only if no session holds it and no waiter at
-    /// the same or a more urgent priority wants it. The patch itself is
-    /// checked by `apply`.
+    /// the same or a more urgent priority wants it (a waiting transaction
+    /// included). `Blocked` means the daemon may enqueue [`State::txn_waiter`]
+    /// instead. The patch itself is checked by `apply`.
     pub fn decide_txn(
         &self,
         patch_json: String,
         priority: i8,
         request_id: Option<String>,
     ) -> Result<Record, StateError> {
-        locks::check_priority(priority)?;
-        self.check_new_request(None, request_id.as_deref())?;
-        let config = [LockRequest::new(CONFIG_LOCK, LockMode::Exclusive)];
-        let blockers = self.locks.blockers(None, &config, priority);
+        let blockers = self.txn_blockers(priority, request_id.as_deref())?;
         if !blockers.is_empty() {
             return Err(StateError::Blocked { blockers });
         }
-        Ok(Record::ConfigWrite {
+        Ok(Self::txn_record(patch_json, request_id))
+    }
+
+    /// Checks a new transaction's request id and says who it would wait
+    /// behind (empty: it may run now), without needing its patch.
+    pub fn txn_blockers(
+        &self,
+        priority: i8,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Requester>, StateError> {
+        locks::check_priority(priority)?;
+        self.check_new_request(None, request_id)?;
+        Ok(self
+            .locks
+            .blockers(Requester::Txn, &Self::txn_locks(), priority))
+    }
+
+    fn txn_record(patch_json: String, request_id: Option<String>) -> Record {
+        Record::ConfigWrite {
             session: None,
             patch_json,
             release_config: false,
             request_id,
-        })
+        }
+    }
+
+    /// Dequeues a transaction's waiter that a pass found runnable and builds
+    /// its one record, carrying `patch_json` (kept by the daemon, not the
+    /// queue). The caller applies it before building another.
+    pub fn run_txn_waiter(
+        &mut self,
+        id: WaiterId,
+        patch_json: String,
+    ) -> Result<(Waiter, Record), StateError> {
+        match self.locks.waiter(id) {
+            Some(w) if w.owner == Requester::Txn => {}
+            Some(_) => {
+                let reason = format!("waiter {} is not a transaction", id.0);
+                return Err(StateError::InvalidRecord { reason });
+            }
+            None => return Err(StateError::UnknownWaiter { waiter: id }),
+        }
+        let waiter = self.locks.cancel_waiter(id).expect("looked up above");
+        let record = Self::txn_record(patch_json, waiter.request_id.clone());
+        Ok((waiter, record))
+    }
+
+    /// What a transaction takes, for the length of its one record.
+    fn txn_locks() -> Vec<LockRequest> {
+        vec![LockRequest::new(CONFIG_LOCK, LockMode::Exclusive)]
+    }
+
+    /// The waiter for a blocked transaction: it asks for `config`
+    /// exclusively in the one queue, so it takes its turn in priority and
+    /// arrival order with sessions and other transactions. When a pass
+    /// lists it, the daemon dequeues it (`cancel_waiter`) and applies its
+    /// `ConfigWrite { session: None }` at once: no Grant or Release is
+    /// logged, and `config` is free again after that one record.
+    pub fn txn_waiter(
+        id: WaiterId,
+        priority: i8,
+        seq: u64,
+        enqueued_ms: u64,
+        request_id: Option<String>,
+    ) -> Waiter {
+        Waiter {
+            id,
+            owner: Requester::Txn,
+            locks: Self::txn_locks(),
+            min: None,
+            priority,
+            seq,
+            enqueued_ms,
+            request_id,
+        }
     }
 
     // Live-only parts: waiters, lock order, leases. None of these change
@@ -737,7 +805,7 @@ impl State {
     }
 
     pub fn enqueue_waiter(&mut self, waiter: Waiter) -> Result<(), StateError> {
-        self.check_new_request(Some(waiter.session), waiter.request_id.as_deref())?;
+        self.check_new_request(waiter.owner.session(), waiter.request_id.as_deref())?;
         self.locks.enqueue_waiter(waiter)
     }
 
@@ -751,16 +819,36 @@ impl State {
         self.locks.grantable_waiters()
     }
 
-    /// Dequeues a grantable waiter and builds its Grant with the current
-    /// next token. The caller applies the record before building another.
-    pub fn grant_waiter(&mut self, id: WaiterId) -> Result<(Waiter, Record), StateError> {
+    /// Dequeues a session's waiter that `pass` found grantable and builds
+    /// its Grant with the current next token: all its locks, or for an
+    /// opportunistic one those the pass chose. The caller applies the
+    /// record before building another. (A transaction's waiter is not
+    /// granted; see [`State::txn_waiter`].)
+    pub fn grant_waiter(
+        &mut self,
+        id: WaiterId,
+        pass: &GrantPass,
+    ) -> Result<(Waiter, Record), StateError> {
         let waiter = self
             .locks
-            .cancel_waiter(id)
+            .waiter(id)
             .ok_or(StateError::UnknownWaiter { waiter: id })?;
+        let Requester::Session(session) = waiter.owner else {
+            let reason = "a transaction's waiter is run, not granted".to_string();
+            return Err(StateError::InvalidRecord { reason });
+        };
+        let locks = match (waiter.min, pass.taken.get(&id)) {
+            (None, _) => waiter.locks.clone(),
+            (Some(_), Some(taken)) => taken.clone(),
+            (Some(_), None) => {
+                let reason = format!("waiter {} is not granted by this pass", id.0);
+                return Err(StateError::InvalidRecord { reason });
+            }
+        };
+        let waiter = self.locks.cancel_waiter(id).expect("looked up above");
         let record = Record::Grant {
-            session: waiter.session,
-            locks: waiter.locks.clone(),
+            session,
+            locks,
             token: self.next_token,
             request_id: waiter.request_id.clone(),
         };

@@ -1,6 +1,8 @@
 //! Tests of `State` as a whole: apply's checks and atomicity, and the
 //! property that replaying the log gives the live state.
 
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -190,8 +192,9 @@ fn closing_a_session_releases_everything_it_had() {
     run(&mut st, &[g]);
     let w = Waiter {
         id: WaiterId(7),
-        session: sid(2),
+        owner: Requester::Session(sid(2)),
         locks: vec![req("a", S)],
+        min: None,
         priority: 0,
         seq: 1,
         enqueued_ms: 5,
@@ -280,15 +283,19 @@ fn a_waiting_request_id_is_taken() {
     assert!(matches!(e, Err(StateError::Blocked { .. })));
     let w = Waiter {
         id: WaiterId(1),
-        session: sid(2),
+        owner: Requester::Session(sid(2)),
         locks: vec![req("a", S)],
+        min: None,
         priority: 0,
         seq: 1,
         enqueued_ms: 0,
         request_id: rid.clone(),
     };
     st.enqueue_waiter(w.clone()).unwrap();
-    assert_eq!(st.locks().waiting_request(sid(2), "r"), Some(WaiterId(1)));
+    assert_eq!(
+        st.locks().waiting_request(Requester::Session(sid(2)), "r"),
+        Some(WaiterId(1))
+    );
     let dup = Err(StateError::DuplicateRequest {
         request_id: "r".into(),
     });
@@ -303,14 +310,133 @@ fn a_waiting_request_id_is_taken() {
     );
     let release = st.decide_release_all(sid(1), None).unwrap();
     run(&mut st, &[release]);
-    assert_eq!(st.grantable_waiters().grant, vec![WaiterId(1)]);
-    let (_, grant) = st.grant_waiter(WaiterId(1)).unwrap();
+    let pass = st.grantable_waiters();
+    assert_eq!(pass.grant, vec![WaiterId(1)]);
+    let (_, grant) = st.grant_waiter(WaiterId(1), &pass).unwrap();
     let applied = run(&mut st, &[grant]).remove(0);
     assert_eq!(
         st.dedup().lookup(Some(sid(2)), "r"),
         applied.outcome.as_ref()
     );
-    assert_eq!(st.locks().waiting_request(sid(2), "r"), None);
+    assert_eq!(
+        st.locks().waiting_request(Requester::Session(sid(2)), "r"),
+        None
+    );
+}
+
+#[test]
+fn a_waiting_txn_takes_its_turn_and_runs_as_one_record() {
+    // Invariant (issue 3, txn): a transaction waits for `config` in the one
+    // queue, blocks later shared requests, and when its turn comes runs as
+    // one ConfigWrite that leaves `config` free for the waiter behind it.
+    let mut st = State::new();
+    run(&mut st, &[open(1), open(2), open(3)]);
+    let g = st
+        .decide_grant(sid(1), vec![req(CONFIG_LOCK, S)], 0, None)
+        .unwrap();
+    run(&mut st, &[g]);
+    let patch = r#"[{"op":"add","path":"/t","value":1}]"#;
+    let blocked = st.decide_txn(patch.into(), 0, Some("t".into()));
+    let who = |n| Requester::Session(sid(n));
+    assert_eq!(
+        blocked,
+        Err(StateError::Blocked {
+            blockers: vec![who(1)]
+        })
+    );
+    let txn = State::txn_waiter(WaiterId(1), 0, 1, 0, Some("t".into()));
+    st.enqueue_waiter(txn.clone()).unwrap();
+    assert_eq!(
+        st.txn_blockers(0, Some("t")),
+        Err(StateError::DuplicateRequest {
+            request_id: "t".into()
+        })
+    );
+    let shared = st.decide_grant(sid(2), vec![req(CONFIG_LOCK, S)], 0, None);
+    let behind_txn = Err(StateError::Blocked {
+        blockers: vec![Requester::Txn],
+    });
+    assert_eq!(shared, behind_txn);
+    // A more urgent request may pass, as with any waiter.
+    assert!(st
+        .decide_grant(sid(2), vec![req(CONFIG_LOCK, S)], -1, None)
+        .is_ok());
+    let x = Waiter {
+        id: WaiterId(2),
+        owner: who(3),
+        locks: vec![req(CONFIG_LOCK, X)],
+        min: None,
+        priority: 0,
+        seq: 2,
+        enqueued_ms: 0,
+        request_id: None,
+    };
+    st.enqueue_waiter(x).unwrap();
+    assert!(st.grantable_waiters().grant.is_empty());
+    let release = st.decide_release_all(sid(1), None).unwrap();
+    run(&mut st, &[release]);
+    let pass = st.grantable_waiters();
+    assert_eq!(pass.grant, vec![WaiterId(1), WaiterId(2)]);
+    assert!(matches!(
+        st.grant_waiter(WaiterId(1), &pass),
+        Err(StateError::InvalidRecord { .. })
+    ));
+    let (w, record) = st.run_txn_waiter(WaiterId(1), patch.into()).unwrap();
+    assert_eq!(w, txn);
+    let applied = run(&mut st, std::slice::from_ref(&record)).remove(0);
+    assert!(applied.released.is_empty() && st.locks().is_empty());
+    assert_eq!(st.config().lsn(), applied.lsn);
+    assert_eq!(st.dedup().lookup(None, "t"), applied.outcome.as_ref());
+    let (_, grant) = st.grant_waiter(WaiterId(2), &pass).unwrap();
+    run(&mut st, &[grant]);
+    let holders = st.locks().holders_of(CONFIG_LOCK).unwrap();
+    assert_eq!(holders[&sid(3)].mode, X);
+}
+
+#[test]
+fn an_opportunistic_waiter_takes_what_is_free_once_min_is() {
+    // Invariant: below `min` an opportunistic waiter waits; the pass that
+    // frees enough grants it exactly the candidates free then.
+    let mut st = State::new();
+    run(&mut st, &[open(1), open(2)]);
+    let g = st
+        .decide_grant(sid(1), vec![req("a/0", X), req("a/1", X)], 0, None)
+        .unwrap();
+    run(&mut st, &[g]);
+    let candidates = vec![req("a/0", X), req("a/1", X), req("free", S)];
+    assert_eq!(
+        st.decide_opportunistic(sid(2), &candidates, 2, 0, None),
+        Ok(None)
+    );
+    let w = Waiter {
+        id: WaiterId(1),
+        owner: Requester::Session(sid(2)),
+        locks: candidates.clone(),
+        min: Some(2),
+        priority: 0,
+        seq: 1,
+        enqueued_ms: 0,
+        request_id: Some("o".into()),
+    };
+    assert!(st
+        .enqueue_waiter(Waiter {
+            min: Some(4),
+            ..w.clone()
+        })
+        .is_err());
+    st.enqueue_waiter(w).unwrap();
+    let release = st
+        .decide_release(sid(1), vec!["a/1".into()], vec![], None)
+        .unwrap();
+    run(&mut st, &[release]);
+    let pass = st.grantable_waiters();
+    assert_eq!(pass.grant, vec![WaiterId(1)]);
+    let (_, grant) = st.grant_waiter(WaiterId(1), &pass).unwrap();
+    let applied = run(&mut st, &[grant]).remove(0);
+    let Some(Outcome::Granted { locks, .. }) = applied.outcome else {
+        panic!("{applied:?}")
+    };
+    assert_eq!(locks, vec![req("a/1", X), req("free", S)]);
 }
 
 #[test]
@@ -414,6 +540,7 @@ enum Op {
         s: usize,
         locks: Vec<(usize, bool)>,
         min: usize,
+        wait: bool,
         rid: Option<u8>,
     },
     Release {
@@ -434,6 +561,7 @@ enum Op {
     },
     Txn {
         patch: usize,
+        wait: bool,
         rid: Option<u8>,
     },
     Cancel {
@@ -455,14 +583,15 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (s.clone(), any::<bool>()).prop_map(|(s, expired)| Op::Close { s, expired }),
         6 => (s.clone(), locks.clone(), -2i8..2, any::<bool>(), rid.clone()).prop_map(
             |(s, locks, priority, wait, rid)| Op::Acquire { s, locks, priority, wait, rid }),
-        2 => (s.clone(), locks, 0usize..3, rid.clone())
-            .prop_map(|(s, locks, min, rid)| Op::Opportunistic { s, locks, min, rid }),
+        2 => (s.clone(), locks, 0usize..3, any::<bool>(), rid.clone()).prop_map(
+            |(s, locks, min, wait, rid)| Op::Opportunistic { s, locks, min, wait, rid }),
         3 => (s.clone(), names.clone(), names, rid.clone())
             .prop_map(|(s, names, downgrade, rid)| Op::Release { s, names, downgrade, rid }),
         2 => (s.clone(), rid.clone()).prop_map(|(s, rid)| Op::ReleaseAll { s, rid }),
         3 => (s.clone(), 0..PATCHES.len(), any::<bool>(), rid.clone()).prop_map(
             |(s, patch, release_config, rid)| Op::Write { s, patch, release_config, rid }),
-        2 => (0..PATCHES.len(), rid).prop_map(|(patch, rid)| Op::Txn { patch, rid }),
+        2 => (0..PATCHES.len(), any::<bool>(), rid)
+            .prop_map(|(patch, wait, rid)| Op::Txn { patch, wait, rid }),
         1 => (0u64..12).prop_map(|w| Op::Cancel { w }),
         1 => s.prop_map(|s| Op::StaleGrant { s }),
         1 => Just(Op::Restart),
@@ -477,6 +606,8 @@ struct Live {
     sessions: Vec<SessionId>,
     next_waiter: u64,
     seq: u64,
+    /// The patches of waiting transactions (the daemon keeps them too).
+    txn_patches: BTreeMap<WaiterId, String>,
 }
 
 impl Live {
@@ -487,6 +618,7 @@ impl Live {
             sessions: Vec::new(),
             next_waiter: 0,
             seq: 0,
+            txn_patches: BTreeMap::new(),
         };
         live.start();
         live
@@ -537,8 +669,17 @@ impl Live {
         loop {
             let pass = self.state.grantable_waiters();
             for id in &pass.grant {
-                let (_, record) = self.state.grant_waiter(*id).unwrap();
                 let lsn = self.state.next_lsn();
+                if let Some(patch) = self.txn_patches.remove(id) {
+                    // Taken, patched and released in one record; a failing
+                    // patch logs nothing and frees `config` all the same.
+                    let (_, record) = self.state.run_txn_waiter(*id, patch).unwrap();
+                    if self.state.apply(lsn, &record).is_ok() {
+                        self.log.push((lsn, record));
+                    }
+                    continue;
+                }
+                let (_, record) = self.state.grant_waiter(*id, &pass).unwrap();
                 let applied = self.state.apply(lsn, &record);
                 assert!(
                     applied.is_ok(),
@@ -553,6 +694,30 @@ impl Live {
                 self.state.cancel_waiter(id);
             }
         }
+    }
+
+    fn enqueue(
+        &mut self,
+        owner: Requester,
+        locks: Vec<LockRequest>,
+        min: Option<usize>,
+        priority: i8,
+        rid: Option<String>,
+    ) -> Option<WaiterId> {
+        self.next_waiter += 1;
+        self.seq += 1;
+        let waiter = Waiter {
+            id: WaiterId(self.next_waiter),
+            owner,
+            locks,
+            min,
+            priority,
+            seq: self.seq,
+            enqueued_ms: self.seq,
+            request_id: rid,
+        };
+        let id = waiter.id;
+        self.state.enqueue_waiter(waiter).ok().map(|()| id)
     }
 
     fn fresh_rid(&self, session: Option<SessionId>, rid: Option<u8>) -> Result<Option<String>, ()> {
@@ -618,32 +783,36 @@ impl Live {
                         self.commit(record).expect("a decided grant applies");
                     }
                     Err(StateError::Blocked { .. }) if wait => {
-                        self.next_waiter += 1;
-                        self.seq += 1;
-                        let waiter = Waiter {
-                            id: WaiterId(self.next_waiter),
-                            session,
-                            locks,
-                            priority,
-                            seq: self.seq,
-                            enqueued_ms: self.seq,
-                            request_id: rid,
-                        };
-                        let _ = self.state.enqueue_waiter(waiter);
+                        let owner = Requester::Session(session);
+                        self.enqueue(owner, locks, None, priority, rid);
                     }
                     Err(_) => {}
                 }
             }
-            Op::Opportunistic { s, locks, min, rid } => {
+            Op::Opportunistic {
+                s,
+                locks,
+                min,
+                wait,
+                rid,
+            } => {
                 let session = self.session(s);
                 let Ok(rid) = self.fresh_rid(Some(session), rid) else {
                     return;
                 };
-                if let Ok(Some(record)) =
-                    self.state
-                        .decide_opportunistic(session, &locks_of(&locks), min, 0, rid)
+                let locks = locks_of(&locks);
+                match self
+                    .state
+                    .decide_opportunistic(session, &locks, min, 0, rid.clone())
                 {
-                    self.commit(record).expect("a decided grant applies");
+                    Ok(Some(record)) => {
+                        self.commit(record).expect("a decided grant applies");
+                    }
+                    Ok(None) if wait => {
+                        let owner = Requester::Session(session);
+                        self.enqueue(owner, locks, Some(min), 0, rid);
+                    }
+                    _ => {}
                 }
             }
             Op::Release {
@@ -690,12 +859,22 @@ impl Live {
                     self.commit(record);
                 }
             }
-            Op::Txn { patch, rid } => {
+            Op::Txn { patch, wait, rid } => {
                 let Ok(rid) = self.fresh_rid(None, rid) else {
                     return;
                 };
-                if let Ok(record) = self.state.decide_txn(PATCHES[patch].to_string(), 0, rid) {
-                    self.commit(record);
+                let patch = PATCHES[patch].to_string();
+                match self.state.decide_txn(patch.clone(), 0, rid.clone()) {
+                    Ok(record) => {
+                        self.commit(record);
+                    }
+                    Err(StateError::Blocked { .. }) if wait => {
+                        let config = vec![req(CONFIG_LOCK, X)];
+                        if let Some(id) = self.enqueue(Requester::Txn, config, None, 0, rid) {
+                            self.txn_patches.insert(id, patch);
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
             Op::Cancel { w } => {
@@ -716,6 +895,7 @@ impl Live {
             Op::Restart => {
                 // A restart keeps exactly what a snapshot keeps: waiters die.
                 self.state = decode(&encode(&self.state).unwrap()).unwrap();
+                self.txn_patches.clear();
                 self.start();
             }
         }

@@ -9,5 +9,6 @@
 //!   real binary, killed with SIGKILL and restarted.
 
 mod daemon;
+mod fairness;
 mod golden;
 mod wal_props;
