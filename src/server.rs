@@ -19,8 +19,9 @@ use crate::actors::lock::LockActor;
 use crate::actors::wal::WalActor;
 use crate::api::{self, Handles};
 use crate::replay::{encode_record, replay};
-use crate::state::{LockOrder, Record};
-use crate::wal::{RecoveryMode, Wal, WalError, WalOptions};
+use crate::state::{LockOrder, Record, State};
+use crate::wal::storage::Storage;
+use crate::wal::{Recovered, RecoveryMode, Wal, WalError, WalOptions};
 
 /// Exit codes of `wconfd`, so an operator can tell a repaired torn tail
 /// (a warning, then a normal start) from a refused corrupt log.
@@ -155,9 +156,41 @@ fn wal_options(opts: &DaemonOptions) -> WalOptions {
 /// Runs the daemon until SIGINT or SIGTERM. Returns only on a clean stop or
 /// a start-up failure; a fail-stop exits the process from inside.
 pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
-    let order = LockOrder::new(opts.lock_order.clone())
-        .map_err(|e| StartError::new(exit::USAGE, format!("--lock-order: {e}")))?;
+    let order = lock_order(&opts)?;
     let (wal, recovered) = Wal::open(&opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
+    let state = prepare(&opts, order, &wal, recovered)?;
+    let wal = Arc::new(wal);
+    let served = serve(
+        &opts,
+        state,
+        wal.clone(),
+        Listen::Addr(opts.listen.clone()),
+        |ready| {
+            println!(
+                "wconfd ready on http://{} (epoch {}, lsn {})",
+                ready.addr, ready.epoch, ready.lsn
+            );
+            let _ = std::io::stdout().flush();
+        },
+    );
+    let closed = wal.close();
+    served?;
+    closed.map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))
+}
+
+fn lock_order(opts: &DaemonOptions) -> Result<LockOrder, StartError> {
+    LockOrder::new(opts.lock_order.clone())
+        .map_err(|e| StartError::new(exit::USAGE, format!("--lock-order: {e}")))
+}
+
+/// Everything between opening the log and serving: log what recovery did,
+/// replay, and make a new epoch record durable.
+fn prepare(
+    opts: &DaemonOptions,
+    order: LockOrder,
+    wal: &Wal,
+    recovered: Recovered,
+) -> Result<State, StartError> {
     let report = &recovered.report;
     tracing::info!(
         dir = %opts.data_dir.display(),
@@ -215,18 +248,32 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
         .and_then(|a| a.wait())
         .map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))?;
     state.set_lock_order(order);
+    Ok(state)
+}
 
-    let wal = Arc::new(wal);
-    let served = serve(&opts, state, wal.clone());
-    let closed = wal.close();
-    served?;
-    closed.map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))
+/// Where the HTTP server listens.
+enum Listen {
+    /// Bind this address; SIGINT and SIGTERM stop the server (`wconfd`).
+    Addr(String),
+    /// Serve on a socket the caller bound; signals are left alone, and the
+    /// caller stops the server through its handle (in-process servers).
+    Listener(std::net::TcpListener),
+}
+
+/// What the server announces once it accepts connections.
+struct Ready {
+    addr: String,
+    epoch: u64,
+    lsn: u64,
+    handle: actix_web::dev::ServerHandle,
 }
 
 fn serve(
     opts: &DaemonOptions,
-    state: crate::state::State,
+    state: State,
     wal: Arc<Wal>,
+    listen: Listen,
+    on_ready: impl FnOnce(Ready),
 ) -> Result<(), StartError> {
     let system = actix_web::rt::System::new();
     system.block_on(async move {
@@ -255,9 +302,17 @@ fn serve(
                 .app_data(web::PayloadConfig::new(body_bytes_max))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
-        })
-        .bind(&opts.listen)
-        .map_err(|e| StartError::new(exit::START, format!("listen on {}: {e}", opts.listen)))?;
+        });
+        let server = match listen {
+            Listen::Addr(addr) => server
+                .bind(&addr)
+                .map_err(|e| StartError::new(exit::START, format!("listen on {addr}: {e}")))?,
+            Listen::Listener(listener) => server
+                .disable_signals()
+                .workers(2)
+                .listen(listener)
+                .map_err(|e| StartError::new(exit::START, format!("listen: {e}")))?,
+        };
         let server = match &opts.socket {
             Some(path) => {
                 remove_stale_socket(path)?;
@@ -278,9 +333,14 @@ fn serve(
             .first()
             .map_or_else(|| opts.listen.clone(), |a| a.to_string());
         let running = server.run();
-        println!("wconfd ready on http://{addr} (epoch {epoch}, lsn {lsn})");
-        let _ = std::io::stdout().flush();
+        let handle = running.handle();
         tracing::info!(%addr, epoch, lsn, "ready");
+        on_ready(Ready {
+            addr,
+            epoch,
+            lsn,
+            handle,
+        });
         let result = running
             .await
             .map_err(|e| StartError::new(exit::START, format!("HTTP server: {e}")));
@@ -288,6 +348,109 @@ fn serve(
         tracing::info!("stopped");
         result
     })
+}
+
+/// A daemon running inside this process, on a storage backend the caller
+/// chose (for tests that simulate power loss with `MemStorage`).
+///
+/// The log is opened with `Wal::open_with`, which takes no directory lock:
+/// the caller guarantees one server per storage and directory. A fail-stop
+/// inside such a server does not end the host process (see
+/// [`crate::actors::fail_stop`]): its actor thread halts, so nothing is
+/// answered again, and [`InProcess::fail_stopped`] tells why.
+pub struct InProcess {
+    addr: std::net::SocketAddr,
+    epoch: u64,
+    lsn: u64,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<Result<(), StartError>>>,
+    wal: Arc<Wal>,
+}
+
+/// Starts the daemon on `storage` (its log in `opts.data_dir` there), serving
+/// HTTP on `listener`, in a background thread. `opts.listen` is not used.
+/// Returns once the server accepts connections.
+pub fn start_in_process(
+    opts: &DaemonOptions,
+    storage: Arc<dyn Storage>,
+    listener: std::net::TcpListener,
+) -> Result<InProcess, StartError> {
+    crate::actors::fail_stop_halts_thread();
+    let order = lock_order(opts)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::new(exit::START, format!("listener address: {e}")))?;
+    let (wal, recovered) =
+        Wal::open_with(storage, &opts.data_dir, wal_options(opts)).map_err(wal_error)?;
+    let state = prepare(opts, order, &wal, recovered)?;
+    let wal = Arc::new(wal);
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = {
+        let opts = opts.clone();
+        let wal = wal.clone();
+        std::thread::Builder::new()
+            .name("wconfd-in-process".into())
+            .spawn(move || {
+                serve(&opts, state, wal, Listen::Listener(listener), |ready| {
+                    let _ = ready_tx.send(ready);
+                })
+            })
+            .map_err(|e| StartError::new(exit::START, format!("spawn server thread: {e}")))?
+    };
+    match ready_rx.recv() {
+        Ok(ready) => Ok(InProcess {
+            addr,
+            epoch: ready.epoch,
+            lsn: ready.lsn,
+            handle: ready.handle,
+            thread: Some(thread),
+            wal,
+        }),
+        // The server thread ended before it was ready: its error says why.
+        Err(_) => Err(match thread.join() {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => StartError::new(exit::START, "server stopped before it was ready"),
+            Err(_) => StartError::new(exit::START, "server thread panicked"),
+        }),
+    }
+}
+
+impl InProcess {
+    /// The TCP address the server answers on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The epoch this start wrote, and its LSN.
+    pub fn epoch(&self) -> (u64, u64) {
+        (self.epoch, self.lsn)
+    }
+
+    /// Why the server fail-stopped, if it did.
+    pub fn fail_stopped(&self) -> Option<String> {
+        crate::actors::last_fail_stop()
+    }
+
+    /// Stops serving (connections still open are dropped), waits for the
+    /// server thread, and closes the log. A fail-stopped server's thread is
+    /// halted for good; it is left behind.
+    pub fn stop(mut self) -> Result<(), StartError> {
+        if self.fail_stopped().is_some() {
+            return Err(StartError::new(
+                exit::FAIL_STOP,
+                self.fail_stopped().unwrap_or_default(),
+            ));
+        }
+        futures_executor::block_on(self.handle.stop(false));
+        let served = match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(StartError::new(exit::START, "server thread panicked")),
+            None => Ok(()),
+        };
+        let closed = self.wal.close();
+        served?;
+        closed.map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))
+    }
 }
 
 fn socket_error(what: &str, path: &Path, e: std::io::Error) -> StartError {

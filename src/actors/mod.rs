@@ -15,6 +15,9 @@ pub mod config;
 pub mod lock;
 pub mod wal;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use tokio::sync::oneshot;
 
 use crate::api::error::ApiError;
@@ -32,13 +35,43 @@ pub const WAL_MAILBOX_MAX: usize = 16;
 /// Exit code after a write or sync error (G7).
 pub const EXIT_FAIL_STOP: i32 = 3;
 
+/// Set once a server runs inside a host process (`server::start_in_process`):
+/// a fail-stop then halts the failing actor thread instead of exiting the
+/// host. `wconfd` never sets it.
+static HALT_ON_FAIL_STOP: AtomicBool = AtomicBool::new(false);
+/// The error of the last fail-stop that halted a thread.
+static LAST_FAIL_STOP: Mutex<Option<String>> = Mutex::new(None);
+
 /// Fail-stop (G7): after the log failed, memory is ahead of the disk, and
 /// nothing may be acknowledged again. Logs and exits at once; no response
 /// still waiting is ever sent.
+///
+/// In a server started in-process, the calling thread (the arbiter of the
+/// lock and config actors) halts for good instead: those actors never run
+/// again, so nothing is answered again either, and the host survives.
 pub fn fail_stop(err: &dyn std::fmt::Display) -> ! {
     tracing::error!(error = %err, "write-ahead log failed; stopping (fail-stop)");
+    if HALT_ON_FAIL_STOP.load(Ordering::SeqCst) {
+        *LAST_FAIL_STOP.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+        loop {
+            std::thread::park();
+        }
+    }
     eprintln!("wconfd: fail-stop: {err}");
     std::process::exit(EXIT_FAIL_STOP)
+}
+
+/// Makes [`fail_stop`] halt the calling thread rather than exit the process.
+pub(crate) fn fail_stop_halts_thread() {
+    HALT_ON_FAIL_STOP.store(true, Ordering::SeqCst);
+}
+
+/// The error of the last fail-stop that halted a thread in this process.
+pub(crate) fn last_fail_stop() -> Option<String> {
+    LAST_FAIL_STOP
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 /// What to answer when waiting for durability did not succeed: a poisoned
