@@ -5,10 +5,16 @@
 //!   garbage) on random logs written by the real writer.
 //! - `golden`: checked-in segment files of format version 1, which every later
 //!   version must still decode.
-//! - `daemon`: the guarantees of `wconfd` (G1, G2, G5, G8, G9), against the
-//!   real binary, killed with SIGKILL and restarted.
+//! - `daemon`: the guarantees of `wconfd` (G1, G2, G3, G5 to G9, the Unix
+//!   socket, lock order), against the real binary, killed with SIGKILL and
+//!   restarted.
+//! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
+//!   in-process on `MemStorage`.
+//! - `race`: the seed's race, lock and write-with-release under 200 SIGKILLs.
 
 mod daemon;
 mod fairness;
 mod golden;
+mod power_loss;
+mod race;
 mod wal_props;
