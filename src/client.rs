@@ -176,9 +176,11 @@ impl Client {
         self.get("/v1/config")
     }
 
-    /// The value at a JSON pointer such as `/a/b`.
+    /// The value at a JSON pointer such as `/a/b`. Bytes other than
+    /// unreserved ones and `/` are percent-encoded, so keys with spaces, `?`
+    /// or `#` reach the daemon as written.
     pub fn config_value(&self, pointer: &str) -> Result<ConfigValue, ClientError> {
-        self.get(&format!("/v1/config{pointer}"))
+        self.get(&format!("/v1/config{}", encode_path(pointer)))
     }
 
     pub fn write(&self, req: &WriteRequest) -> Result<WriteResponse, ClientError> {
@@ -188,4 +190,18 @@ impl Client {
     pub fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, ClientError> {
         self.post("/v1/config/txn", req)
     }
+}
+
+/// Percent-encodes every byte of `path` but RFC 3986 unreserved ones and `/`.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

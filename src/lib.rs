@@ -13,6 +13,8 @@ pub mod api;
 #[cfg(feature = "daemon")]
 pub mod client;
 pub mod codec;
+#[cfg(feature = "daemon")]
+pub mod ctl;
 pub mod replay;
 #[cfg(feature = "daemon")]
 pub mod server;

@@ -11,6 +11,8 @@
 //! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
 //!   in-process on `MemStorage`.
 //! - `race`: the seed's race, lock and write-with-release under 200 SIGKILLs.
+//! - `wconfctl`: the CLI against the real `wconfd`: its flows, JSON output
+//!   and exit codes.
 
 mod daemon;
 mod fairness;
@@ -18,3 +20,4 @@ mod golden;
 mod power_loss;
 mod race;
 mod wal_props;
+mod wconfctl;
