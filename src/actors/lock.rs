@@ -725,6 +725,19 @@ impl Handler<Release> for LockActor {
                     m.request_id,
                 )?,
             };
+            // Releasing nothing (release-all while holding nothing, or
+            // empty lists) changes nothing, so it logs nothing.
+            if let Record::Release {
+                release, downgrade, ..
+            } = &record
+            {
+                if release.is_empty() && downgrade.is_empty() {
+                    return Ok(ReleaseResponse {
+                        released: true,
+                        lsn: self.state.applied_lsn(),
+                    });
+                }
+            }
             let applied = self.apply(&mut step, record)?;
             Ok(ReleaseResponse {
                 released: true,

@@ -170,7 +170,20 @@ async fn list_sessions(h: web::Data<Handles>) -> Result<HttpResponse, ApiError> 
     Ok(ok(ask(&h.lock, |reply| lock::ListSessions { reply }).await?))
 }
 
-async fn keepalive(h: web::Data<Handles>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// A keepalive carries no fields: an empty body, or an empty JSON object.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+async fn keepalive(
+    h: web::Data<Handles>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::from_slice::<NoFields>(&body)
+            .map_err(|e| ApiError::bad_request(format!("keepalive takes no body or {{}}: {e}")))?;
+    }
     let session = session_id(&id)?;
     Ok(ok(
         ask(&h.lock, |reply| lock::Keepalive { session, reply }).await?
@@ -274,7 +287,11 @@ fn patch_text(patch: &serde_json::Value) -> Result<String, ApiError> {
             "patch must be a JSON array of RFC 6902 operations",
         ));
     }
-    serde_json::to_string(patch).map_err(|e| ApiError::bad_request(e.to_string()))
+    let text = serde_json::to_string(patch).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // A malformed patch is bad input whoever sends it: refuse it before any
+    // lock or session check can answer "not applied" instead.
+    crate::state::config::parse_patch(&text)?;
+    Ok(text)
 }
 
 async fn write(

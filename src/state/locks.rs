@@ -233,6 +233,16 @@ pub fn check_request(locks: &[LockRequest]) -> Result<(), StateError> {
     check_names(locks.iter().map(|l| l.name.as_str()))
 }
 
+/// Checks a new acquire: its shape, and that it names at least one lock (an
+/// empty one would log a Grant and spend a fencing token for nothing).
+/// Replay checks only the shape, so logs from before this rule still load.
+pub fn check_new_request(locks: &[LockRequest]) -> Result<(), StateError> {
+    if locks.is_empty() {
+        return Err(StateError::NoLocks);
+    }
+    check_request(locks)
+}
+
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), StateError> {
     if len > max {
         return Err(StateError::RequestTooLarge { what, len, max });
@@ -414,7 +424,7 @@ impl LockTable {
         locks: &[LockRequest],
         priority: i8,
     ) -> Result<(), StateError> {
-        check_request(locks)?;
+        check_new_request(locks)?;
         check_priority(priority)?;
         self.check_order(session, locks)?;
         let blockers = self.blockers(Requester::Session(session), locks, priority);
@@ -434,8 +444,14 @@ impl LockTable {
         min: usize,
         priority: i8,
     ) -> Result<Option<Vec<LockRequest>>, StateError> {
-        check_request(candidates)?;
+        check_new_request(candidates)?;
         check_priority(priority)?;
+        if min == 0 {
+            return Err(StateError::MinOutOfRange {
+                min,
+                candidates: candidates.len(),
+            });
+        }
         let taken: Vec<LockRequest> = candidates
             .iter()
             .filter(|l| {
@@ -459,7 +475,7 @@ impl LockTable {
     /// opportunistic one as `try_acquire_opportunistic` would, and its
     /// `min` must not exceed its candidates.
     pub fn enqueue_waiter(&mut self, waiter: Waiter) -> Result<(), StateError> {
-        check_request(&waiter.locks)?;
+        check_new_request(&waiter.locks)?;
         check_priority(waiter.priority)?;
         match (waiter.owner, waiter.min) {
             (_, Some(min)) if min > waiter.locks.len() => {
@@ -1074,9 +1090,10 @@ mod tests {
             })
         );
         for i in 2..=WAITERS_MAX as u64 {
-            t.enqueue_waiter(waiter(i, 1, vec![], 0, i)).unwrap();
+            t.enqueue_waiter(waiter(i, 1, vec![req("a", S)], 0, i))
+                .unwrap();
         }
-        let e = t.enqueue_waiter(waiter(0, 1, vec![], 0, 0));
+        let e = t.enqueue_waiter(waiter(0, 1, vec![req("a", S)], 0, 0));
         assert_eq!(
             e,
             Err(StateError::Full {
@@ -1341,7 +1358,7 @@ mod tests {
             match op {
                 Op::Acquire { s, locks, priority } => {
                     let locks = to_locks(&locks);
-                    if check_request(&locks).is_err() {
+                    if check_new_request(&locks).is_err() {
                         continue;
                     }
                     let session = sid(s.into());
@@ -1360,8 +1377,9 @@ mod tests {
                     priority,
                 } => {
                     let locks = to_locks(&locks);
-                    let (session, min) = (sid(s.into()), usize::from(min).min(locks.len()));
-                    if check_request(&locks).is_err() {
+                    let (session, min) =
+                        (sid(s.into()), usize::from(min).clamp(1, locks.len().max(1)));
+                    if check_new_request(&locks).is_err() {
                         continue;
                     }
                     match t

@@ -78,6 +78,14 @@ pub enum StateError {
         min: i8,
         max: i8,
     },
+    /// A request that names no lock at all.
+    NoLocks,
+    /// An opportunistic `min` of 0 (it would grant nothing), or above the
+    /// number of candidates.
+    MinOutOfRange {
+        min: usize,
+        candidates: usize,
+    },
     /// A name listed twice in one request.
     DuplicateLock {
         name: String,
@@ -168,6 +176,8 @@ impl StateError {
             TtlOutOfRange { .. }
             | InvalidName { .. }
             | PriorityOutOfRange { .. }
+            | NoLocks
+            | MinOutOfRange { .. }
             | DuplicateLock { .. }
             | PatchParse { .. } => 400,
             RequestTooLarge { .. } | PatchTooLarge { .. } => 413,
@@ -207,6 +217,13 @@ impl fmt::Display for StateError {
             InvalidName { what, reason } => write!(f, "invalid {what}: {reason}"),
             PriorityOutOfRange { priority, min, max } => {
                 write!(f, "priority {priority} is outside {min}..={max}")
+            }
+            NoLocks => write!(f, "the request names no lock"),
+            MinOutOfRange { min, candidates } => {
+                write!(
+                    f,
+                    "min {min} must be between 1 and the {candidates} candidates"
+                )
             }
             DuplicateLock { name } => write!(f, "lock {name:?} is listed twice"),
             RequestTooLarge { what, len, max } => write!(f, "{len} {what}, at most {max}"),
@@ -627,10 +644,26 @@ impl State {
         self.locks.try_acquire(session, &locks, priority)?;
         Ok(Record::Grant {
             session,
-            locks,
+            locks: self.held_modes(session, locks),
             token: self.next_token,
             request_id,
         })
+    }
+
+    /// Each lock in the mode `session` will hold it in after a grant: asking
+    /// for shared what it already holds exclusively keeps it exclusive, and
+    /// the Grant (and every answer built from it) must say so.
+    fn held_modes(&self, session: SessionId, mut locks: Vec<LockRequest>) -> Vec<LockRequest> {
+        for lock in &mut locks {
+            let held = self
+                .locks
+                .holders_of(&lock.name)
+                .and_then(|h| h.get(&session));
+            if let Some(hold) = held.filter(|h| h.mode.covers(lock.mode)) {
+                lock.mode = hold.mode;
+            }
+        }
+        locks
     }
 
     /// Decides an opportunistic acquire: a Grant of whichever candidates are
@@ -649,7 +682,7 @@ impl State {
             .try_acquire_opportunistic(session, candidates, min, priority)?;
         Ok(taken.map(|locks| Record::Grant {
             session,
-            locks,
+            locks: self.held_modes(session, locks),
             token: self.next_token,
             request_id,
         }))
@@ -848,7 +881,7 @@ impl State {
         let waiter = self.locks.cancel_waiter(id).expect("looked up above");
         let record = Record::Grant {
             session,
-            locks,
+            locks: self.held_modes(session, locks),
             token: self.next_token,
             request_id: waiter.request_id.clone(),
         };

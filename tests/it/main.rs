@@ -5,6 +5,8 @@
 //!   garbage) on random logs written by the real writer.
 //! - `golden`: checked-in segment files of format version 1, which every later
 //!   version must still decode.
+//! - `api_edges`: requests that ask for nothing or are malformed answer
+//!   without writing a record, and answers say what is really held.
 //! - `daemon`: the guarantees of `wconfd` (G1, G2, G3, G5 to G9, the Unix
 //!   socket, lock order), against the real binary, killed with SIGKILL and
 //!   restarted.
@@ -14,6 +16,7 @@
 //! - `wconfctl`: the CLI against the real `wconfd`: its flows, JSON output
 //!   and exit codes.
 
+mod api_edges;
 mod daemon;
 mod fairness;
 mod golden;
