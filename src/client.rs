@@ -145,7 +145,11 @@ impl Client {
     }
 
     pub fn keepalive(&self, session: &str) -> Result<SessionView, ClientError> {
-        self.post(&format!("/v1/sessions/{session}/keepalive"), &Value::Null)
+        // The API takes no body or `{}`; `null` is refused with a 400.
+        self.post(
+            &format!("/v1/sessions/{session}/keepalive"),
+            &serde_json::Map::new(),
+        )
     }
 
     pub fn close_session(&self, session: &str) -> Result<ReleaseResponse, ClientError> {

@@ -431,6 +431,10 @@ fn g9_bad_input_is_a_4xx_with_a_json_error_and_changes_nothing() {
             "{path} {body:.80} changed state"
         );
     }
+    // Regression (commit 8c8c377 refused a `null` keepalive body, which the
+    // typed client sent): a known session's keepalive succeeds, an unknown
+    // one is a 404, not a 400.
+    c.keepalive(&s).expect("keepalive of a live session");
     let keepalive = c.keepalive(unknown).unwrap_err();
     assert_eq!(keepalive.status(), Some(404), "{keepalive}");
     let missing = c.config_value("/no/such").unwrap_err();
