@@ -85,6 +85,8 @@ impl From<StateError> for ApiError {
             InvalidName { .. } => "invalid_name",
             PriorityOutOfRange { .. } => "priority_out_of_range",
             DuplicateLock { .. } => "duplicate_lock",
+            NoLocks => "no_locks",
+            MinOutOfRange { .. } => "min_out_of_range",
             RequestTooLarge { .. } | PatchTooLarge { .. } => "too_large",
             Full { .. } => "busy",
             Blocked { .. } => "blocked",

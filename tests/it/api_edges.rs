@@ -24,13 +24,12 @@ fn requests_for_nothing_are_refused_or_answered_without_a_record() {
     let d = start(dir.path(), &[]);
     let s = session(&d.client);
     let lsn = d.client.status().unwrap().applied_lsn;
-    assert_eq!(
-        status_of(d.client.acquire(&acquire(&s, vec![], None))).0,
-        400
-    );
+    let empty = status_of(d.client.acquire(&acquire(&s, vec![], None)));
+    assert_eq!(empty, (400, "no_locks".to_string()));
     let mut opportunistic = acquire(&s, vec![lock("a", Mode::Exclusive)], None);
     opportunistic.min = Some(0);
-    assert_eq!(status_of(d.client.acquire(&opportunistic)).0, 400);
+    let min0 = status_of(d.client.acquire(&opportunistic));
+    assert_eq!(min0, (400, "min_out_of_range".to_string()));
     let all = ReleaseRequest {
         session: s.clone(),
         locks: None,
