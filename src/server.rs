@@ -201,16 +201,7 @@ fn prepare(
         ms = report.elapsed.as_millis() as u64,
         "recovered the log"
     );
-    if let Some(t) = &report.truncation {
-        tracing::warn!(
-            segment = %t.segment.display(),
-            offset = t.damage_offset,
-            damage = %t.damage,
-            bytes_dropped = t.bytes_dropped,
-            first_lsn_dropped = t.first_lsn_dropped,
-            "repaired a torn tail: cut unacknowledged bytes"
-        );
-    }
+    // A cut was already logged, with every detail, by wal::recovery.
     let (mut state, stats) =
         replay(&recovered).map_err(|e| StartError::new(exit::CORRUPT, e.to_string()))?;
     drop(recovered);

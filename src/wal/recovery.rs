@@ -315,7 +315,7 @@ pub(crate) fn recover(
                 kind: p.damage,
             });
         }
-        truncation = Some(cut(storage, dir, &mut scan, i, &p)?);
+        truncation = Some(cut(storage, dir, &mut scan, i, &p, torn)?);
     }
     // Only now, with the mode's verdict in and the format version known,
     // may recovery change the directory.
@@ -381,6 +381,7 @@ fn cut(
     scan: &mut DirScan,
     i: usize,
     p: &Problem,
+    torn: bool,
 ) -> Result<Truncation, WalError> {
     let whole = p.cut_offset < SEGMENT_HEADER_LEN as u64;
     let mut last_lsn_dropped = p.lsn_max_after;
@@ -458,6 +459,11 @@ fn cut(
         bytes_dropped,
         broken_files,
     };
+    let what = if torn {
+        "torn tail cut: the last batch was never acknowledged; its bytes are kept in a side file"
+    } else {
+        "point-in-time cut: every record from the first damage on was dropped and set aside"
+    };
     tracing::warn!(
         segment = %t.segment.display(),
         damage_offset = t.damage_offset,
@@ -467,7 +473,7 @@ fn cut(
         last_lsn_dropped = ?t.last_lsn_dropped,
         bytes_dropped = t.bytes_dropped,
         broken_files = ?t.broken_files,
-        "WAL cut: bytes after the last complete batch were dropped and kept in side files"
+        "{what}"
     );
     Ok(t)
 }
