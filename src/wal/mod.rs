@@ -37,6 +37,9 @@ pub use writer::{Appended, DurableWait, Wal};
 /// which frames carry as a u32 `batch_index`, far below `u32::MAX`.
 pub const BATCH_BYTES_LIMIT: usize = 1 << 30;
 
+/// The default `queue_len_max`.
+pub const QUEUE_LEN_MAX_DEFAULT: usize = 65_536;
+
 /// Bounds and knobs of one WAL. Every queue and buffer the writer keeps is
 /// bounded by one of these.
 #[derive(Debug, Clone)]
@@ -55,6 +58,10 @@ pub struct WalOptions {
     pub queue_len_max: usize,
     /// Payload bytes waiting for the writer, at most.
     pub queue_bytes_max: usize,
+    /// `wait_durable` callers parked at once, at most; past it they get
+    /// `Full`. Separate from the append queue: readers waiting for a sync
+    /// are not appends.
+    pub durable_waiters_max: usize,
     pub recovery_mode: RecoveryMode,
     /// A sync slower than this is logged with `warn!`.
     pub slow_sync_warn_ms: u64,
@@ -66,8 +73,9 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             record_bytes_max: 16 << 20,
             batch_bytes_max: 4 << 20,
-            queue_len_max: 65_536,
+            queue_len_max: QUEUE_LEN_MAX_DEFAULT,
             queue_bytes_max: 64 << 20,
+            durable_waiters_max: 65_536,
             recovery_mode: RecoveryMode::default(),
             slow_sync_warn_ms: 1_000,
         }
@@ -86,9 +94,14 @@ impl WalOptions {
                 self.batch_bytes_max
             ));
         }
-        if self.record_bytes_max == 0 || self.batch_bytes_max == 0 || self.queue_len_max == 0 {
+        if self.record_bytes_max == 0
+            || self.batch_bytes_max == 0
+            || self.queue_len_max == 0
+            || self.durable_waiters_max == 0
+        {
             return invalid(
-                "record_bytes_max, batch_bytes_max and queue_len_max must be > 0".into(),
+                "record_bytes_max, batch_bytes_max, queue_len_max and durable_waiters_max must be > 0"
+                    .into(),
             );
         }
         if frame_max > format::FRAME_LEN_MAX as u64 {

@@ -364,7 +364,7 @@ impl Wal {
     /// Resolves once every record up to `lsn` is durable, without polling:
     /// the writer completes the wait after the commit that covers it. Fails
     /// if the writer stops first (poisoned or closed), and with `Full` when
-    /// `queue_len_max` waits are already pending, so the list is bounded.
+    /// `durable_waiters_max` waits are already pending, so the list is bounded.
     ///
     /// No wake-up is lost: the writer publishes `durable_lsn` before it takes
     /// the waiter lock, and this checks `durable_lsn` again under that lock,
@@ -385,7 +385,7 @@ impl Wal {
         if let Some(e) = &w.stopped {
             return ready(Err(e.clone()));
         }
-        if w.list.len() >= self.options.queue_len_max {
+        if w.list.len() >= self.options.durable_waiters_max {
             return ready(Err(WalError::Full {
                 queue_len: w.list.len(),
                 queue_bytes: 0,
