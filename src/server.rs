@@ -48,6 +48,9 @@ pub struct DaemonOptions {
     pub segment_bytes: u64,
     pub body_bytes_max: usize,
     pub lock_order: Vec<String>,
+    /// Records waiting for the log writer, at most; a request that would
+    /// queue past it is answered 503 with `Retry-After`.
+    pub wal_queue_len_max: usize,
 }
 
 impl Default for DaemonOptions {
@@ -60,6 +63,7 @@ impl Default for DaemonOptions {
             segment_bytes: WalOptions::default().segment_bytes,
             body_bytes_max: api::BODY_BYTES_MAX_DEFAULT,
             lock_order: Vec::new(),
+            wal_queue_len_max: WalOptions::default().queue_len_max,
         }
     }
 }
@@ -149,6 +153,7 @@ fn wal_options(opts: &DaemonOptions) -> WalOptions {
         segment_bytes: opts.segment_bytes,
         record_bytes_max,
         recovery_mode: opts.recovery_mode,
+        queue_len_max: opts.wal_queue_len_max,
         ..defaults
     }
 }

@@ -46,7 +46,16 @@ type Answer = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
 
 /// Binds an answer to its reply channel; it is sent when the step is
 /// durable (`Ok`), or replaced by the error that prevented that.
+///
+/// A 503 refusal goes out at once: it was decided before the step applied
+/// anything for that request and shows no state, so it has nothing to wait
+/// for, and a client under backpressure should hear so without waiting for
+/// the very syncs it is queued behind.
 fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, ApiError>) -> Answer {
+    if matches!(&result, Err(e) if e.status == 503) {
+        let _ = reply.send(result);
+        return Box::new(|_| {});
+    }
     Box::new(move |gate| {
         let _ = reply.send(gate.and(result));
     })

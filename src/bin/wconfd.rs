@@ -44,6 +44,10 @@ struct Args {
     /// acquired in this order (comma-separated).
     #[arg(long, env = "WCONF_LOCK_ORDER", value_delimiter = ',')]
     lock_order: Vec<String>,
+    /// Records waiting for the log writer, at most. A request that would
+    /// queue past this is answered 503 with Retry-After (backpressure).
+    #[arg(long, env = "WCONF_WAL_QUEUE_MAX", default_value_t = wconf::wal::QUEUE_LEN_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    wal_queue_max: u64,
     /// Log line format on stderr: text or json. RUST_LOG filters.
     #[arg(long, env = "WCONF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         segment_bytes: args.segment_size,
         body_bytes_max,
         lock_order: args.lock_order,
+        wal_queue_len_max: args.wal_queue_max as usize,
     };
     match server::run(options) {
         Ok(()) => ExitCode::from(exit::OK as u8),

@@ -7,6 +7,8 @@
 //!   version must still decode.
 //! - `api_edges`: requests that ask for nothing or are malformed answer
 //!   without writing a record, and answers say what is really held.
+//! - `backpressure`: a full log queue answers 503 with `Retry-After` at
+//!   once, and refused requests change nothing.
 //! - `daemon`: the guarantees of `wconfd` (G1, G2, G3, G5 to G9, the Unix
 //!   socket, lock order), against the real binary, killed with SIGKILL and
 //!   restarted.
@@ -17,6 +19,7 @@
 //!   and exit codes.
 
 mod api_edges;
+mod backpressure;
 mod daemon;
 mod fairness;
 mod golden;
