@@ -1,43 +1,157 @@
-//! `wal-dump`: read-only inspection of wconf WAL directories. This first
-//! version has `verify`; listing, stats, state and repair arrive with the
-//! dump-tool issue.
+//! `wal-dump`: read-only inspection of wconf WAL directories: `list`
+//! (the default), `stats`, `state` and `verify`. Segments are read through
+//! read-only maps, so it is safe on a live daemon's directory.
+//!
+//! Exit codes (see `wal-tools/README.md`): 0 clean (for the reading
+//! subcommands, also a log ending in a torn or in-flight batch); 1 torn tail
+//! (`verify` only); 2 corruption or an unknown format version; 3 a missing or
+//! out-of-order segment; 64 usage or I/O errors.
+
+mod decode;
+mod list;
+mod log;
+mod state;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use wconf::wal::recovery::scan_dir;
 use wconf::wal::storage::StdStorage;
 use wconf::wal::{DamageClass, WalError};
 
-/// Exit codes of `wal-dump verify`, for scripts and drills.
-const EXIT_CLEAN: u8 = 0;
-const EXIT_TORN_TAIL: u8 = 1;
-const EXIT_CORRUPT: u8 = 2;
-const EXIT_SEQUENCE: u8 = 3;
-const EXIT_USAGE_OR_IO: u8 = 64;
+use crate::log::{Fatal, Log};
+
+/// Exit codes, for scripts and drills.
+pub mod exit {
+    pub const CLEAN: u8 = 0;
+    pub const TORN_TAIL: u8 = 1;
+    pub const CORRUPT: u8 = 2;
+    pub const SEQUENCE: u8 = 3;
+    pub const USAGE_OR_IO: u8 = 64;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Ndjson,
+}
 
 #[derive(Parser)]
 #[command(
     name = "wal-dump",
     version,
-    about = "Inspect a wconf write-ahead log (read-only)"
+    about = "Inspect a wconf write-ahead log (read-only)",
+    args_conflicts_with_subcommands = true,
+    after_help = "Without a subcommand, wal-dump runs `list`.\n\n\
+                  Examples:\n  wal-dump ./wconf-data\n  wal-dump stats ./wconf-data\n  \
+                  wal-dump state ./wconf-data --at 120\n  wal-dump verify ./wconf-data"
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// A data directory, or one or more segment files (*.wal).
+    inputs: Vec<PathBuf>,
+    /// First LSN to show.
+    #[arg(long, value_name = "LSN")]
+    from: Option<u64>,
+    /// Last LSN to show.
+    #[arg(long, value_name = "LSN")]
+    to: Option<u64>,
+    /// Show at most N records (after filtering).
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Only records of this type (name or kind number; repeatable).
+    /// `--type list` prints the known types.
+    #[arg(long = "type", value_name = "T")]
+    types: Vec<String>,
+    /// Only records of this session (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// Only records that take, release or downgrade this lock.
+    #[arg(long, value_name = "NAME")]
+    lock: Option<String>,
+    /// Only config writes with an op at, under or above this JSON pointer
+    /// (compared by whole tokens: /a matches /a/b but not /ab).
+    #[arg(long, value_name = "JSON-POINTER")]
+    path: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Also show the physical frame: length, padding, stored and computed
+    /// CRC, flags, batch index.
+    #[arg(long)]
+    raw: bool,
+    /// Also show the payload bytes.
+    #[arg(long)]
+    hex: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// One line per record: LSN, type, length, segment@offset, session,
+    /// request id and a decoded summary. The default subcommand.
+    ///
+    /// Reads up to the end of the last complete batch: on a live daemon's
+    /// directory the batch being written and the preallocated zeros are not
+    /// read. Exit 0 also when the log ends in a torn or in-flight batch (a
+    /// note goes to stderr); 2 or 3 when it stops at mid-log damage.
+    #[command(
+        after_help = "Examples:\n  wal-dump list ./wconf-data --from 100 --limit 20\n  \
+                            wal-dump list ./wconf-data --type grant --type release --lock node/a\n  \
+                            wal-dump list ./wconf-data --path /cluster --format ndjson\n  \
+                            wal-dump list ./wconf-data/00000000000000000001.wal --raw --hex"
+    )]
+    List(ListArgs),
+    /// Counts and bytes per record type, padding and segment fill,
+    /// group-commit batch sizes, the busiest sessions and locks, and the
+    /// record rate.
+    #[command(after_help = "Example:\n  wal-dump stats ./wconf-data\n  \
+                            wal-dump stats ./wconf-data --format json")]
+    Stats {
+        /// The data directory (or segment files).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// How many sessions and locks to show.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The config (with its serial) and lock table as of an LSN, as JSON,
+    /// rebuilt by replaying the log from LSN 1; or the RFC 6902 difference
+    /// between two LSNs.
+    #[command(after_help = "Examples:\n  wal-dump state ./wconf-data --at 120\n  \
+                            wal-dump state ./wconf-data --diff 100 120")]
+    State {
+        /// The data directory.
+        dir: PathBuf,
+        /// The LSN to stop at (0: the empty initial state).
+        #[arg(
+            long,
+            value_name = "LSN",
+            required_unless_present = "diff",
+            conflicts_with = "diff"
+        )]
+        at: Option<u64>,
+        /// Print the JSON patch that turns the state at LSN1 into the state at LSN2.
+        #[arg(long, num_args = 2, value_names = ["LSN1", "LSN2"])]
+        diff: Option<Vec<u64>>,
+    },
     /// Check every segment (header, chain, CRC, LSN continuity) without
     /// changing anything.
     ///
     /// Exit codes: 0 clean; 1 torn tail (the daemon would cut it and start);
     /// 2 corruption (the daemon would refuse to start); 3 a missing or
     /// out-of-order segment; 64 usage or I/O error.
-    ///
-    /// Example: wal-dump verify ./wconf-data
+    #[command(after_help = "Example:\n  wal-dump verify ./wconf-data")]
     Verify {
         /// The data directory holding the *.wal segment files.
         dir: PathBuf,
@@ -50,31 +164,93 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
-                EXIT_USAGE_OR_IO
+                exit::USAGE_OR_IO
             } else {
-                EXIT_CLEAN
+                exit::CLEAN
             });
         }
     };
-    match cli.command {
-        Command::Verify { dir } => ExitCode::from(verify(&dir)),
+    let result = match cli.command {
+        None => run_list(cli.list),
+        Some(Command::List(args)) => run_list(args),
+        Some(Command::Stats {
+            inputs,
+            top,
+            format,
+        }) => Log::open(&inputs).and_then(|log| stats::run(&log, top, format)),
+        Some(Command::State { dir, at, diff }) => state::run(&dir, at, diff.as_deref()),
+        Some(Command::Verify { dir }) => Ok(verify(&dir)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Fatal { code, message }) => {
+            eprintln!("wal-dump: {message}");
+            ExitCode::from(code)
+        }
     }
+}
+
+fn run_list(args: ListArgs) -> Result<u8, Fatal> {
+    if args.types.iter().any(|t| t == "list") {
+        return Ok(list::print_types());
+    }
+    if args.inputs.is_empty() {
+        return Err(Fatal::usage(
+            "give a data directory or segment files (see wal-dump --help)",
+        ));
+    }
+    let types = args
+        .types
+        .iter()
+        .map(|t| decode::parse_type(t))
+        .collect::<Result<Vec<u16>, String>>()
+        .map_err(Fatal::usage)?;
+    if let Some(s) = &args.session {
+        s.parse::<wconf::state::SessionId>()
+            .map_err(|e| Fatal::usage(format!("--session {s:?}: {e}")))?;
+    }
+    if let Some(p) = &args.path {
+        if !p.is_empty() && !p.starts_with('/') {
+            return Err(Fatal::usage(format!(
+                "--path {p:?} is not a JSON pointer (it must be empty or start with /)"
+            )));
+        }
+    }
+    let filter = list::Filter {
+        from: args.from,
+        to: args.to,
+        limit: args.limit,
+        types,
+        session: args.session,
+        lock: args.lock,
+        path: args.path,
+    };
+    let log = Log::open(&args.inputs)?;
+    list::run(
+        &log,
+        &filter,
+        &list::Options {
+            format: args.format,
+            raw: args.raw,
+            hex: args.hex,
+        },
+    )
 }
 
 fn verify(dir: &std::path::Path) -> u8 {
     if !dir.is_dir() {
         eprintln!("wal-dump: {} is not a directory", dir.display());
-        return EXIT_USAGE_OR_IO;
+        return exit::USAGE_OR_IO;
     }
     let scan = match scan_dir(&StdStorage, dir) {
         Ok(scan) => scan,
         Err(e @ WalError::UnsupportedVersion { .. }) => {
             eprintln!("wal-dump: {e}");
-            return EXIT_CORRUPT;
+            return exit::CORRUPT;
         }
         Err(e) => {
             eprintln!("wal-dump: {e}");
-            return EXIT_USAGE_OR_IO;
+            return exit::USAGE_OR_IO;
         }
     };
     let records: u64 = scan.scans.iter().map(|s| s.records).sum();
@@ -85,7 +261,7 @@ fn verify(dir: &std::path::Path) -> u8 {
             scan.segments.len(),
             last_lsn.map_or("none".to_string(), |l| l.to_string())
         );
-        return EXIT_CLEAN;
+        return exit::CLEAN;
     };
     let path = scan.segments[i].path.display();
     let what = format!(
@@ -97,12 +273,12 @@ fn verify(dir: &std::path::Path) -> u8 {
             "torn tail: {what}; the daemon would cut at offset {} and keep LSNs below {}",
             p.cut_offset, p.cut_lsn
         );
-        EXIT_TORN_TAIL
+        exit::TORN_TAIL
     } else if p.damage.class() == DamageClass::Sequence {
         println!("segment sequence broken: {what}");
-        EXIT_SEQUENCE
+        exit::SEQUENCE
     } else {
         println!("corrupt: {what}");
-        EXIT_CORRUPT
+        exit::CORRUPT
     }
 }
