@@ -51,6 +51,16 @@ pub fn replay_to(log: &Log, at: u64) -> Result<State, Fatal> {
     let mut state = State::new();
     for located in log.records() {
         let frame = located?.record;
+        if state.applied_lsn() == 0 && frame.lsn != 1 {
+            return Err(Fatal {
+                code: exit::CORRUPT,
+                message: format!(
+                    "the log starts at LSN {}; rebuilding state needs it from LSN 1 \
+                     (replay from a snapshot is not supported yet)",
+                    frame.lsn
+                ),
+            });
+        }
         if frame.lsn > at {
             return Ok(state);
         }

@@ -461,6 +461,18 @@ fn errors_have_clear_messages_and_exit_codes() {
 
     let out = dump(&["state", s(tmp.path())]);
     assert_eq!(out.code, 64);
+
+    // State needs the log from LSN 1 (no snapshots yet), and records that
+    // decode: the golden payloads are test bytes, not daemon records.
+    let late = tempfile::tempdir().unwrap();
+    let name = "00000000000000000013.wal";
+    std::fs::copy(PathBuf::from(GOLDEN_DIR).join(name), late.path().join(name)).unwrap();
+    let out = dump(&["state", s(late.path()), "--at", "14"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("starts at LSN 13"), "{}", out.stderr);
+    let out = dump(&["state", GOLDEN_DIR, "--at", "2"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("LSN 1"), "{}", out.stderr);
     for sub in ["list", "stats", "state", "verify"] {
         let out = dump(&[sub, "--help"]);
         assert_eq!(out.code, 0);
