@@ -182,7 +182,11 @@ fn to_json(log: &Log, c: &Counts, top: usize) -> Value {
 
 fn print_text(d: &Value) {
     let n = |v: &Value| v.to_string();
-    let pct = |v: &Value| format!("{:.1}%", v.as_f64().unwrap_or(0.0) * 100.0);
+    let pct = |v: &Value| match v.as_f64().unwrap_or(0.0) {
+        // A few records in a 64 MiB segment: say "some", not "0.0%".
+        x if x > 0.0 && x < 0.0005 => "<0.1%".to_string(),
+        x => format!("{:.1}%", x * 100.0),
+    };
     println!(
         "records {}  LSN {}..{}  epochs {}",
         d["records"], d["first_lsn"], d["last_lsn"], d["epochs"]
