@@ -371,6 +371,153 @@ pub(crate) fn recover(
     })
 }
 
+/// Cuts a torn tail of the log in `dir` exactly as `Wal::open` does under
+/// `RecoveryMode::TolerateTornTail` (the same `cut`), and refuses anything
+/// else with `WalError::Corrupted`. `Ok(None)`: nothing to cut. With
+/// `dry_run` nothing changes and the result says what would be cut. Without
+/// it the caller must hold the directory's `DirLock`. No CRC is recomputed:
+/// the cut only drops bytes, and keeps them in a `.broken` side file.
+pub fn repair_torn_tail(
+    storage: &dyn Storage,
+    dir: &Path,
+    dry_run: bool,
+) -> Result<Option<Truncation>, WalError> {
+    if !dry_run {
+        sync_existing(storage, dir)?;
+    }
+    let mut scan = scan_dir(storage, dir)?;
+    let Some((i, p)) = scan.problem else {
+        return Ok(None);
+    };
+    if !scan.problem_is_torn_tail() {
+        return Err(WalError::Corrupted {
+            segment: scan.segments[i].path.clone(),
+            offset: p.offset,
+            lsn: p.lsn,
+            kind: p.damage,
+        });
+    }
+    if dry_run {
+        plan_cut(storage, &scan, i, &p).map(Some)
+    } else {
+        cut(storage, dir, &mut scan, i, &p, true).map(Some)
+    }
+}
+
+/// An operator's point-in-time cut of a damaged log: the log afterwards ends
+/// just before `lsn`, which must start a group-commit batch at or before the
+/// end of the valid records (so the cut never leaves half a batch, which
+/// recovery would cut again). Everything from `lsn` on goes to `.broken`
+/// side files through the same `cut` as `RecoveryMode::PointInTime`. The
+/// returned `damage` and `damage_offset` are those of the first damage when
+/// the cut is in its segment at its cut point; otherwise `damage_offset` is
+/// the asked cut and `damage` still names the first damage, the reason for
+/// the cut. A clean log is refused: this repairs, it does not edit history.
+pub fn truncate_before(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: u64,
+    dry_run: bool,
+) -> Result<Truncation, WalError> {
+    if !dry_run {
+        sync_existing(storage, dir)?;
+    }
+    let mut scan = scan_dir(storage, dir)?;
+    let Some((pi, pp)) = scan.problem else {
+        return Err(WalError::InvalidOptions(format!(
+            "the log in {} is clean; a cut at LSN {lsn} would only drop good records",
+            dir.display()
+        )));
+    };
+    let (i, p) = if lsn == pp.cut_lsn {
+        (pi, pp)
+    } else {
+        let found = scan.scans.iter().enumerate().find_map(|(j, s)| {
+            let view = &scan.segments[j].view;
+            Frames::new(view, s.end as usize)
+                .filter_map(Result::ok)
+                .find(|r| r.lsn == lsn)
+                .map(|r| (j, r.offset, r.header.batch_index))
+        });
+        let Some((j, offset, batch_index)) = found else {
+            return Err(WalError::InvalidOptions(format!(
+                "LSN {lsn} is not a valid record of the log (the first damage drops LSN {} on)",
+                pp.cut_lsn
+            )));
+        };
+        if batch_index != 0 {
+            return Err(WalError::InvalidOptions(format!(
+                "LSN {lsn} is inside a group-commit batch that starts at LSN {}",
+                lsn - u64::from(batch_index)
+            )));
+        }
+        let view = &scan.segments[j].view;
+        let data_end = view.iter().rposition(|&b| b != 0).map_or(0, |k| k + 1) as u64;
+        let lsn_max_after = if j == pi {
+            pp.lsn_max_after.max(Some(scan.scans[j].next_lsn - 1))
+        } else {
+            last_readable_lsn(view)
+        };
+        let p = Problem {
+            offset,
+            lsn,
+            damage: pp.damage,
+            cut_offset: offset,
+            cut_lsn: lsn,
+            tail_only: false,
+            lsn_max_after,
+            data_end: data_end.max(offset),
+        };
+        (j, p)
+    };
+    if dry_run {
+        plan_cut(storage, &scan, i, &p)
+    } else {
+        cut(storage, dir, &mut scan, i, &p, false)
+    }
+}
+
+/// What `cut` does at problem `p` in segment `i`, computed without changing
+/// anything: `cut` runs this plan, and a dry run prints it.
+fn plan_cut(
+    storage: &dyn Storage,
+    scan: &DirScan,
+    i: usize,
+    p: &Problem,
+) -> Result<Truncation, WalError> {
+    let whole = p.cut_offset < SEGMENT_HEADER_LEN as u64;
+    let target = &scan.segments[i];
+    let mut last_lsn_dropped = p.lsn_max_after;
+    let mut bytes_dropped = 0u64;
+    let mut broken_files = vec![];
+    if whole {
+        bytes_dropped += target.view.len() as u64;
+        last_lsn_dropped = last_lsn_dropped.max(last_readable_lsn(&target.view));
+        broken_files.push(broken_path(storage, &target.path)?);
+    } else {
+        let dropped = p.data_end.max(p.cut_offset) - p.cut_offset;
+        if dropped > 0 {
+            bytes_dropped += dropped;
+            broken_files.push(broken_path(storage, &target.path)?);
+        }
+    }
+    for file in &scan.segments[i + 1..] {
+        bytes_dropped += file.view.len() as u64;
+        last_lsn_dropped = last_lsn_dropped.max(last_readable_lsn(&file.view));
+        broken_files.push(broken_path(storage, &file.path)?);
+    }
+    Ok(Truncation {
+        segment: target.path.clone(),
+        damage_offset: p.offset,
+        damage: p.damage,
+        cut_offset: if whole { 0 } else { p.cut_offset },
+        first_lsn_dropped: p.cut_lsn,
+        last_lsn_dropped,
+        bytes_dropped,
+        broken_files,
+    })
+}
+
 /// Cuts the log at problem `p` in segment `i`: the dropped bytes of that
 /// segment go to a durable side file first, then the segment is shortened
 /// and zero-filled back to its length; every later segment is set aside
@@ -383,25 +530,24 @@ fn cut(
     p: &Problem,
     torn: bool,
 ) -> Result<Truncation, WalError> {
+    // The plan names every side file before anything changes, so a dry run
+    // (`plan_cut` alone) reports exactly what this does.
+    let t = plan_cut(storage, scan, i, p)?;
+    let mut sides = t.broken_files.iter();
+    let mut next_side = || sides.next().expect("plan_cut names every side file");
     let whole = p.cut_offset < SEGMENT_HEADER_LEN as u64;
-    let mut last_lsn_dropped = p.lsn_max_after;
-    let mut bytes_dropped = 0u64;
-    let mut broken_files = vec![];
     let sync_dir = || storage.sync_dir(dir).map_err(io("fsync directory", dir));
 
     let later: Vec<SegmentFile> = scan.segments.drain(i + 1..).collect();
     let target = scan.segments.pop().expect("problem segment exists");
     let seg_path = target.path.clone();
     if whole {
-        bytes_dropped += target.view.len() as u64;
-        last_lsn_dropped = last_lsn_dropped.max(last_readable_lsn(&target.view));
-        let side = broken_path(storage, &target.path)?;
+        let side = next_side();
         drop(target);
         storage
-            .rename(&seg_path, &side)
+            .rename(&seg_path, side)
             .map_err(io("rename", &seg_path))?;
         sync_dir()?;
-        broken_files.push(side);
         scan.scans.truncate(i);
     } else {
         let len = target.view.len() as u64;
@@ -411,13 +557,11 @@ fn cut(
         // past the end of a file raises SIGBUS.
         drop(target);
         if !dropped.is_empty() {
-            let side = broken_path(storage, &seg_path)?;
-            let mut f = storage.create_new(&side).map_err(io("create", &side))?;
-            f.write_all_at(&dropped, 0).map_err(io("write", &side))?;
-            f.sync_all().map_err(io("fsync", &side))?;
+            let side = next_side();
+            let mut f = storage.create_new(side).map_err(io("create", side))?;
+            f.write_all_at(&dropped, 0).map_err(io("write", side))?;
+            f.sync_all().map_err(io("fsync", side))?;
             sync_dir()?;
-            bytes_dropped += dropped.len() as u64;
-            broken_files.push(side);
             let mut seg = storage
                 .open_write(&seg_path)
                 .map_err(io("open", &seg_path))?;
@@ -438,27 +582,14 @@ fn cut(
     }
     let set_aside_later = !later.is_empty();
     for file in later {
-        bytes_dropped += file.view.len() as u64;
-        last_lsn_dropped = last_lsn_dropped.max(last_readable_lsn(&file.view));
-        let side = broken_path(storage, &file.path)?;
+        let side = next_side();
         let path = file.path.clone();
         drop(file);
-        storage.rename(&path, &side).map_err(io("rename", &path))?;
-        broken_files.push(side);
+        storage.rename(&path, side).map_err(io("rename", &path))?;
     }
     if set_aside_later {
         sync_dir()?;
     }
-    let t = Truncation {
-        segment: seg_path,
-        damage_offset: p.offset,
-        damage: p.damage,
-        cut_offset: if whole { 0 } else { p.cut_offset },
-        first_lsn_dropped: p.cut_lsn,
-        last_lsn_dropped,
-        bytes_dropped,
-        broken_files,
-    };
     let what = if torn {
         "torn tail cut: the last batch was never acknowledged; its bytes are kept in a side file"
     } else {

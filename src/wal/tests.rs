@@ -678,3 +678,54 @@ fn a_restart_makes_what_the_last_process_left_in_the_page_cache_durable() {
         "acknowledged records lost"
     );
 }
+
+#[test]
+fn repair_dry_runs_report_exactly_the_cut_they_would_make() {
+    // Invariant: `repair_torn_tail` and `truncate_before` with `dry_run`
+    // change nothing and return the `Truncation` the real cut returns; the
+    // torn-tail cut is the one `Wal::open` makes.
+    for backend in Backend::all() {
+        let last = write_log(&backend, 60);
+        let storage = backend.storage();
+        let dir = backend.dir();
+        let tail = *frame_offsets(storage.as_ref(), &last).last().unwrap();
+        damage(&backend, &last, tail + 30, &[0xff]);
+        let before = storage.read(&last).unwrap().to_vec();
+        let plan = recovery::repair_torn_tail(storage.as_ref(), &dir, true)
+            .unwrap()
+            .expect("a torn tail");
+        assert_eq!(storage.read(&last).unwrap().to_vec(), before);
+        assert_eq!(plan.cut_offset, tail);
+        assert_eq!(plan.first_lsn_dropped, 60);
+        let done = recovery::repair_torn_tail(storage.as_ref(), &dir, false)
+            .unwrap()
+            .expect("a torn tail");
+        assert_eq!(done, plan);
+        assert_eq!(
+            recovery::repair_torn_tail(storage.as_ref(), &dir, true).unwrap(),
+            None
+        );
+
+        // Mid-log damage: refused by the torn-tail repair; an operator's cut
+        // before LSN 2 keeps LSN 1 and sets everything else aside.
+        let first = dir.join(segment_name(1));
+        let offsets = frame_offsets(storage.as_ref(), &first);
+        damage(&backend, &first, offsets[3] + 24, &[0x55]);
+        assert!(matches!(
+            recovery::repair_torn_tail(storage.as_ref(), &dir, true),
+            Err(WalError::Corrupted { lsn: 4, .. })
+        ));
+        assert!(matches!(
+            recovery::truncate_before(storage.as_ref(), &dir, 5, true),
+            Err(WalError::InvalidOptions(_))
+        ));
+        let plan = recovery::truncate_before(storage.as_ref(), &dir, 2, true).unwrap();
+        let done = recovery::truncate_before(storage.as_ref(), &dir, 2, false).unwrap();
+        assert_eq!(done, plan);
+        assert_eq!((done.cut_offset, done.first_lsn_dropped), (offsets[1], 2));
+        assert_eq!(done.last_lsn_dropped, Some(59));
+        let (_, rec) = backend.open(small()).unwrap();
+        assert!(rec.report.truncation.is_none());
+        assert_eq!(records(&rec).len(), 1);
+    }
+}

@@ -10,6 +10,7 @@
 mod decode;
 mod list;
 mod log;
+mod repair;
 mod state;
 mod stats;
 
@@ -156,6 +157,28 @@ enum Command {
         /// The data directory holding the *.wal segment files.
         dir: PathBuf,
     },
+    /// Cut a torn tail exactly as the daemon would on start (a dry run
+    /// unless --apply). The cut bytes are kept in `<segment>.broken`, fsynced
+    /// with the directory; no CRC is ever recomputed. Mid-log damage is
+    /// refused unless --truncate-at names where the log should end.
+    ///
+    /// Exit codes: 0 clean or repaired; 1 a torn tail a dry run would cut;
+    /// 2 corruption refused; 3 a broken segment sequence refused; 64 usage,
+    /// I/O, or the directory's LOCK held (by a running wconfd).
+    #[command(after_help = "Examples:\n  wal-dump repair ./wconf-data\n  \
+                            wal-dump repair ./wconf-data --apply\n  \
+                            wal-dump repair ./wconf-data --truncate-at 1200 --apply")]
+    Repair {
+        /// The data directory.
+        dir: PathBuf,
+        /// Do it (takes the directory's LOCK). Without it, only print.
+        #[arg(long)]
+        apply: bool,
+        /// Damaged log only: end the log just before LSN, which must start
+        /// a group-commit batch; records from LSN on are set aside.
+        #[arg(long, value_name = "LSN")]
+        truncate_at: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -180,6 +203,11 @@ fn main() -> ExitCode {
         }) => Log::open(&inputs).and_then(|log| stats::run(&log, top, format)),
         Some(Command::State { dir, at, diff }) => state::run(&dir, at, diff.as_deref()),
         Some(Command::Verify { dir }) => Ok(verify(&dir)),
+        Some(Command::Repair {
+            dir,
+            apply,
+            truncate_at,
+        }) => repair::run(&dir, apply, truncate_at),
     };
     match result {
         Ok(code) => ExitCode::from(code),
