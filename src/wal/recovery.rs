@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use super::format::{read_frame, FrameRead, SEGMENT_HEADER_LEN};
+use super::format::{read_frame, FrameRead, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::reader::{
     list_segments, scan_segment, segment_header, Frames, Problem, Record, SegmentFile, SegmentScan,
 };
@@ -161,6 +161,30 @@ impl DirScan {
     }
 }
 
+/// What is wrong, if anything, with a segment whose header follows the
+/// segment that ended with `(segment_seq, next_lsn, last_crc)`.
+pub fn chain_damage(prev: (u64, u64, u32), header: &SegmentHeader) -> Option<Damage> {
+    let (seq, next_lsn, last_crc) = prev;
+    if header.first_lsn > next_lsn || header.segment_seq > seq + 1 {
+        Some(Damage::MissingSegment {
+            expected_lsn: next_lsn,
+            found_lsn: header.first_lsn,
+        })
+    } else if header.first_lsn < next_lsn || header.segment_seq != seq + 1 {
+        Some(Damage::OutOfOrder {
+            expected_seq: seq + 1,
+            found_seq: header.segment_seq,
+        })
+    } else if header.prev_crc != last_crc {
+        Some(Damage::ChainBroken {
+            expected_crc: last_crc,
+            found_crc: header.prev_crc,
+        })
+    } else {
+        None
+    }
+}
+
 /// Validates every segment in `dir`, stopping at the first problem. A
 /// segment of an unknown format version is an error, not a problem.
 pub fn scan_dir(storage: &dyn Storage, dir: &Path) -> Result<DirScan, WalError> {
@@ -190,25 +214,8 @@ pub fn scan_dir(storage: &dyn Storage, dir: &Path) -> Result<DirScan, WalError> 
                 break;
             }
         };
-        if let Some((seq, next_lsn, last_crc)) = prev {
-            let damage = if header.first_lsn > next_lsn || header.segment_seq > seq + 1 {
-                Some(Damage::MissingSegment {
-                    expected_lsn: next_lsn,
-                    found_lsn: header.first_lsn,
-                })
-            } else if header.first_lsn < next_lsn || header.segment_seq != seq + 1 {
-                Some(Damage::OutOfOrder {
-                    expected_seq: seq + 1,
-                    found_seq: header.segment_seq,
-                })
-            } else if header.prev_crc != last_crc {
-                Some(Damage::ChainBroken {
-                    expected_crc: last_crc,
-                    found_crc: header.prev_crc,
-                })
-            } else {
-                None
-            };
+        if let Some(prev) = prev {
+            let damage = chain_damage(prev, &header);
             if let Some(damage) = damage {
                 problem = Some((i, at_start(damage)));
                 break;

@@ -80,8 +80,6 @@ pub fn run(log: &Log, filter: &Filter, opts: &Options) -> Result<u8, Fatal> {
         }
         printed += 1;
         let w = match opts.format {
-            Format::Text => writeln!(out, "{}", text_line(&located, &d, opts)),
-            Format::Ndjson => writeln!(out, "{}", record_json(&located, &d, opts, true)),
             Format::Json => {
                 if json_records.len() >= JSON_RECORDS_MAX {
                     return Err(Fatal::usage(format!(
@@ -92,6 +90,7 @@ pub fn run(log: &Log, filter: &Filter, opts: &Options) -> Result<u8, Fatal> {
                 json_records.push(record_json(&located, &d, opts, false));
                 Ok(())
             }
+            _ => print_record(&mut out, &located, &d, opts),
         };
         if w.is_err() {
             // The reader went away (a pipe into `head`): not an error.
@@ -113,6 +112,23 @@ pub fn run(log: &Log, filter: &Filter, opts: &Options) -> Result<u8, Fatal> {
         return Ok(stop.exit_code());
     }
     Ok(exit::CLEAN)
+}
+
+/// One record as a text line or an ndjson object (a streaming format:
+/// `--format json`, one document, is the caller's business; `follow`
+/// prints it as ndjson).
+pub fn print_record(
+    out: &mut impl Write,
+    located: &Located<'_>,
+    d: &Decoded,
+    opts: &Options,
+) -> std::io::Result<()> {
+    match opts.format {
+        Format::Text => writeln!(out, "{}", text_line(located, d, opts)),
+        Format::Json | Format::Ndjson => {
+            writeln!(out, "{}", record_json(located, d, opts, true))
+        }
+    }
 }
 
 /// How the readable log ends: `clean`, `torn-tail` or `damaged`, and where.

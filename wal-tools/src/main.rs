@@ -1,16 +1,19 @@
-//! `wal-dump`: read-only inspection of wconf WAL directories: `list`
-//! (the default), `stats`, `state` and `verify`. Segments are read through
-//! read-only maps, so it is safe on a live daemon's directory.
+//! `wal-dump`: inspection of wconf WAL directories: `list` (the default),
+//! `stats`, `state`, `verify` and `follow` read through read-only maps, so
+//! they are safe on a live daemon's directory; `repair --apply` is the one
+//! writer, and it takes the directory's `LOCK` first.
 //!
 //! Exit codes (see `wal-tools/README.md`): 0 clean (for the reading
 //! subcommands, also a log ending in a torn or in-flight batch); 1 torn tail
-//! (`verify` only); 2 corruption or an unknown format version; 3 a missing or
+//! (`verify`, and a `repair` dry run); 2 corruption or an unknown format version; 3 a missing or
 //! out-of-order segment; 64 usage or I/O errors.
 
 mod decode;
+mod follow;
 mod list;
 mod log;
 mod repair;
+mod salvage;
 mod state;
 mod stats;
 
@@ -84,6 +87,13 @@ struct ListArgs {
     /// (compared by whole tokens: /a matches /a/b but not /ab).
     #[arg(long, value_name = "JSON-POINTER")]
     path: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// How records are printed, shared by `list` and `follow`.
+#[derive(clap::Args)]
+struct OutputArgs {
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// Also show the physical frame: length, padding, stored and computed
@@ -93,6 +103,16 @@ struct ListArgs {
     /// Also show the payload bytes.
     #[arg(long)]
     hex: bool,
+}
+
+impl OutputArgs {
+    fn options(&self) -> list::Options {
+        list::Options {
+            format: self.format,
+            raw: self.raw,
+            hex: self.hex,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -152,10 +172,36 @@ enum Command {
     /// Exit codes: 0 clean; 1 torn tail (the daemon would cut it and start);
     /// 2 corruption (the daemon would refuse to start); 3 a missing or
     /// out-of-order segment; 64 usage or I/O error.
-    #[command(after_help = "Example:\n  wal-dump verify ./wconf-data")]
+    ///
+    /// Damage is reported with its file, offset, LSN and kind, and a
+    /// hexdump of the 64 bytes on each side (the line holding it marked >).
+    #[command(after_help = "Examples:\n  wal-dump verify ./wconf-data\n  \
+                            wal-dump verify ./wconf-data --salvage")]
     Verify {
         /// The data directory holding the *.wal segment files.
         dir: PathBuf,
+        /// Keep scanning past damage (resuming at the next frame whose CRC
+        /// checks out) and report every damaged region. The exit code is
+        /// still that of the first damage, the one the daemon would meet.
+        #[arg(long)]
+        salvage: bool,
+    },
+    /// Print records as they become durable, like `tail -f`, following
+    /// segment rolls; from the start of the log, or from --from LSN.
+    ///
+    /// Polls the current segment every 100 ms and prints only complete
+    /// group-commit batches. Read-only: safe beside a running wconfd.
+    /// Ctrl-C (SIGINT) ends it with exit 0. `--format json` prints ndjson.
+    #[command(after_help = "Examples:\n  wal-dump follow ./wconf-data\n  \
+                            wal-dump follow ./wconf-data --from 1200 --format ndjson")]
+    Follow {
+        /// The data directory.
+        dir: PathBuf,
+        /// First LSN to print.
+        #[arg(long, value_name = "LSN")]
+        from: Option<u64>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Cut a torn tail exactly as the daemon would on start (a dry run
     /// unless --apply). The cut bytes are kept in `<segment>.broken`, fsynced
@@ -202,7 +248,8 @@ fn main() -> ExitCode {
             format,
         }) => Log::open(&inputs).and_then(|log| stats::run(&log, top, format)),
         Some(Command::State { dir, at, diff }) => state::run(&dir, at, diff.as_deref()),
-        Some(Command::Verify { dir }) => Ok(verify(&dir)),
+        Some(Command::Verify { dir, salvage }) => Ok(verify(&dir, salvage)),
+        Some(Command::Follow { dir, from, output }) => follow::run(&dir, from, &output.options()),
         Some(Command::Repair {
             dir,
             apply,
@@ -254,18 +301,10 @@ fn run_list(args: ListArgs) -> Result<u8, Fatal> {
         path: args.path,
     };
     let log = Log::open(&args.inputs)?;
-    list::run(
-        &log,
-        &filter,
-        &list::Options {
-            format: args.format,
-            raw: args.raw,
-            hex: args.hex,
-        },
-    )
+    list::run(&log, &filter, &args.output.options())
 }
 
-fn verify(dir: &std::path::Path) -> u8 {
+fn verify(dir: &std::path::Path, salvage: bool) -> u8 {
     if !dir.is_dir() {
         eprintln!("wal-dump: {} is not a directory", dir.display());
         return exit::USAGE_OR_IO;
@@ -296,7 +335,7 @@ fn verify(dir: &std::path::Path) -> u8 {
         "{path} at offset {} (LSN {}): {}",
         p.offset, p.lsn, p.damage
     );
-    if scan.problem_is_torn_tail() {
+    let code = if scan.problem_is_torn_tail() {
         println!(
             "torn tail: {what}; the daemon would cut at offset {} and keep LSNs below {}",
             p.cut_offset, p.cut_lsn
@@ -308,5 +347,44 @@ fn verify(dir: &std::path::Path) -> u8 {
     } else {
         println!("corrupt: {what}");
         exit::CORRUPT
+    };
+    // With --salvage the first damage is also the first region listed.
+    if salvage {
+        print_salvage(&scan.segments);
+    } else {
+        print!("{}", salvage::hexdump(&scan.segments[i].view, p.offset));
     }
+    code
+}
+
+fn print_salvage(segments: &[wconf::wal::reader::SegmentFile]) {
+    let found = match salvage::salvage(segments) {
+        Ok(found) => found,
+        // The first scan already read every header this one reads.
+        Err(e) => {
+            eprintln!("wal-dump: salvage: {e}");
+            return;
+        }
+    };
+    for (n, r) in found.regions.iter().enumerate() {
+        let file = &segments[r.segment];
+        let lsn = r.lsn.map_or("?".to_string(), |l| l.to_string());
+        let resumed = match r.resumed {
+            Some((offset, lsn)) => format!("resumed at offset {offset} (LSN {lsn})"),
+            None => "nothing valid after it in this segment".to_string(),
+        };
+        println!(
+            "damage {}: {} at offset {} (LSN {lsn}): {}; {resumed}",
+            n + 1,
+            file.path.display(),
+            r.offset,
+            r.damage
+        );
+        print!("{}", salvage::hexdump(&file.view, r.offset));
+    }
+    println!(
+        "salvage: {} damaged regions; {} frames with a valid CRC",
+        found.regions.len(),
+        found.valid_frames
+    );
 }

@@ -27,15 +27,7 @@ fn write_log(dir: &Path, records: u64) -> Vec<PathBuf> {
 }
 
 fn verify(dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wal-dump"))
-        .arg("verify")
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    verify_args(&[dir.to_str().unwrap()])
 }
 
 fn poke(path: &Path, offset: u64, byte: u8) {
@@ -78,4 +70,113 @@ fn exit_codes_tell_clean_torn_corrupt_and_sequence_apart() {
 
     let (code, _) = verify(&tmp.path().join("missing"));
     assert_eq!(code, 64);
+}
+
+fn verify_args(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-dump"))
+        .arg("verify")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn salvage_reports_every_damaged_region_with_a_hexdump() {
+    // Invariant: --salvage goes past damage and names each region (file,
+    // offset, LSN, kind) with the bytes around it; the exit code stays the
+    // first damage's.
+    let tmp = tempfile::tempdir().unwrap();
+    let segments = write_log(tmp.path(), 100);
+    // 128-byte frames, 31 a segment: LSN 5 is at 48 + 4 * 128 = 560 of the
+    // first segment, LSN 32 + 2 = 34 at 48 + 2 * 128 = 304 of the second.
+    poke(&segments[0], 560 + 40, 0xee);
+    poke(&segments[1], 304 + 40, 0xee);
+    let dir = tmp.path().to_str().unwrap();
+    let first = segments[0].display();
+    let second = segments[1].display();
+
+    let (code, out) = verify_args(&[dir]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "corrupt: {first} at offset 560 (LSN 5): frame CRC mismatch"
+        )),
+        "{out}"
+    );
+    // 64 bytes either side, 16 a line: 0x1f0..0x270, the damage line marked.
+    assert!(out.contains("\n  > 00000230: "), "{out}");
+    assert!(out.contains("\n    000001f0: "), "{out}");
+    assert!(!out.contains("damage 2"), "{out}");
+
+    let (code, out) = verify_args(&[dir, "--salvage"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "damage 1: {first} at offset 560 (LSN 5): frame CRC mismatch"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("resumed at offset 688 (LSN 6)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "damage 2: {second} at offset 304 (LSN 34): frame CRC mismatch"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("resumed at offset 432 (LSN 35)"), "{out}");
+    assert!(out.contains("\n  > 00000130: "), "{out}");
+    assert!(
+        out.contains("salvage: 2 damaged regions; 98 frames with a valid CRC"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_swapped_segment_is_a_sequence_error() {
+    // Invariant: segments whose contents trade places exit 3, at offset 0
+    // of the first misplaced file, with the LSN its name promises.
+    let tmp = tempfile::tempdir().unwrap();
+    let segments = write_log(tmp.path(), 100);
+    let a = std::fs::read(&segments[1]).unwrap();
+    let b = std::fs::read(&segments[2]).unwrap();
+    std::fs::write(&segments[1], b).unwrap();
+    std::fs::write(&segments[2], a).unwrap();
+    let (code, out) = verify(tmp.path());
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "segment sequence broken: {} at offset 0 (LSN 32): file named for LSN 32 holds a segment starting at 63",
+            segments[1].display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn trailing_garbage_is_a_torn_tail_at_the_end_of_the_log() {
+    // Invariant: non-zero bytes after the last frame are what a torn write
+    // leaves: exit 1, at the offset just past the last frame.
+    let tmp = tempfile::tempdir().unwrap();
+    let segments = write_log(tmp.path(), 100);
+    let last = segments.last().unwrap();
+    // 100 records, 31 a segment: the last segment holds LSN 94..=100, so it
+    // ends at 48 + 7 * 128 = 944.
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+    f.write_all_at(b"garbage!", 944 + 8).unwrap();
+    let (code, out) = verify(tmp.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "torn tail: {} at offset 944 (LSN 101): non-zero bytes after the end of written data; \
+             the daemon would cut at offset 944 and keep LSNs below 101",
+            last.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("garbage!"), "{out}");
 }
