@@ -12,6 +12,7 @@ mod decode;
 mod follow;
 mod list;
 mod log;
+mod progress;
 mod repair;
 mod salvage;
 mod state;
@@ -246,7 +247,14 @@ fn main() -> ExitCode {
             inputs,
             top,
             format,
-        }) => Log::open(&inputs).and_then(|log| stats::run(&log, top, format)),
+        }) => {
+            let bar = progress::start(&inputs, "reading");
+            let log = Log::open(&inputs);
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            log.and_then(|log| stats::run(&log, top, format))
+        }
         Some(Command::State { dir, at, diff }) => state::run(&dir, at, diff.as_deref()),
         Some(Command::Verify { dir, salvage }) => Ok(verify(&dir, salvage)),
         Some(Command::Follow { dir, from, output }) => follow::run(&dir, from, &output.options()),
@@ -309,7 +317,12 @@ fn verify(dir: &std::path::Path, salvage: bool) -> u8 {
         eprintln!("wal-dump: {} is not a directory", dir.display());
         return exit::USAGE_OR_IO;
     }
-    let scan = match scan_dir(&StdStorage, dir) {
+    let bar = progress::start(&[dir.to_path_buf()], "verifying");
+    let scan = scan_dir(&StdStorage, dir);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let scan = match scan {
         Ok(scan) => scan,
         Err(e @ WalError::UnsupportedVersion { .. }) => {
             eprintln!("wal-dump: {e}");

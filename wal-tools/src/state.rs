@@ -22,7 +22,12 @@ pub fn run(dir: &Path, at: Option<u64>, diff: Option<&[u64]>) -> Result<u8, Fata
             dir.display()
         )));
     }
-    let log = Log::open(&[dir.to_path_buf()])?;
+    let bar = crate::progress::start(&[dir.to_path_buf()], "reading");
+    let log = Log::open(&[dir.to_path_buf()]);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let log = log?;
     let doc = match (at, diff) {
         (Some(at), _) => state_json(&replay_to(&log, at)?, at),
         (None, Some([a, b])) => {

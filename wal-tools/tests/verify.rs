@@ -180,3 +180,29 @@ fn trailing_garbage_is_a_torn_tail_at_the_end_of_the_log() {
     );
     assert!(out.contains("garbage!"), "{out}");
 }
+
+#[test]
+fn a_large_log_verifies_without_progress_output_when_stderr_is_not_a_terminal() {
+    // Invariant: the progress bar (logs over 256 MiB) is for terminals only;
+    // a pipe sees nothing on stderr.
+    let tmp = tempfile::tempdir().unwrap();
+    let segments = write_log(tmp.path(), 10);
+    // Preallocated zeros are part of a segment: a sparse 300 MiB tail makes
+    // the log large without writing it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments.last().unwrap())
+        .unwrap();
+    f.set_len(300 << 20).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-dump"))
+        .arg("verify")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
