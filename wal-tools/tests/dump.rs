@@ -10,6 +10,8 @@ use wconf::replay::encode_record;
 use wconf::state::{CloseReason, LockMode, LockRequest, Record, SessionId, State, CONFIG_LOCK};
 use wconf::wal::{Wal, WalOptions};
 
+mod common;
+
 const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/wal-v1");
 
 const S1: SessionId = SessionId(0x1111_1111_1111_1111_1111_1111_1111_1111);
@@ -101,11 +103,7 @@ fn records() -> Vec<Record> {
 /// one record) and returns the directory.
 fn write_log() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let options = WalOptions {
-        segment_bytes: 4096,
-        record_bytes_max: 1024,
-        ..WalOptions::default()
-    };
+    let options = common::small_options();
     let (wal, _) = Wal::open(tmp.path(), options).unwrap();
     for r in records() {
         let (kind, payload) = encode_record(&r).unwrap();

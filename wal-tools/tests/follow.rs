@@ -4,18 +4,16 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use wconf::wal::{Wal, WalOptions};
+use wconf::wal::Wal;
+
+mod common;
 
 #[test]
 fn follow_prints_durable_records_in_order_across_segment_rolls() {
     // Invariant: every record the writer makes durable is printed once, in
     // LSN order, across segment rolls; SIGINT ends follow with exit 0.
     let tmp = tempfile::tempdir().unwrap();
-    let options = WalOptions {
-        segment_bytes: 4096,
-        record_bytes_max: 1024,
-        ..WalOptions::default()
-    };
+    let options = common::small_options();
     let (wal, _) = Wal::open(tmp.path(), options).unwrap();
     // Ten records before follow starts, the rest while it runs.
     for i in 0..10u64 {

@@ -6,33 +6,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::small_options as options;
 use wconf::wal::lockfile::DirLock;
-use wconf::wal::{Wal, WalOptions};
+use wconf::wal::Wal;
 
-fn options() -> WalOptions {
-    WalOptions {
-        segment_bytes: 4096,
-        record_bytes_max: 1024,
-        ..WalOptions::default()
-    }
-}
+mod common;
 
 fn write_log(dir: &Path, records: u64) -> Vec<PathBuf> {
-    let (wal, _) = Wal::open(dir, options()).unwrap();
-    for i in 0..records {
-        wal.append(1, vec![i as u8 + 1; 100])
-            .unwrap()
-            .wait()
-            .unwrap();
-    }
-    wal.close().unwrap();
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
-    segments
+    common::write_log(dir, records, |i| vec![i as u8 + 1; 100])
 }
 
 /// Every file but `LOCK`, by name, with its bytes.

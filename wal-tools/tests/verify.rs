@@ -4,26 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wconf::wal::{Wal, WalOptions};
+mod common;
 
+/// LSN i+1 carries 100 bytes of value i, so LSN 1's payload is all zeros.
 fn write_log(dir: &Path, records: u64) -> Vec<PathBuf> {
-    let options = WalOptions {
-        segment_bytes: 4096,
-        record_bytes_max: 1024,
-        ..WalOptions::default()
-    };
-    let (wal, _) = Wal::open(dir, options).unwrap();
-    for i in 0..records {
-        wal.append(1, vec![i as u8; 100]).unwrap().wait().unwrap();
-    }
-    wal.close().unwrap();
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
-    segments
+    common::write_log(dir, records, |i| vec![i as u8; 100])
 }
 
 fn verify(dir: &Path) -> (i32, String) {
