@@ -256,6 +256,16 @@ fn sync_existing(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
     Ok(())
 }
 
+/// The error for a log refused at problem `p` in `segment`.
+fn refused(segment: PathBuf, p: &Problem) -> WalError {
+    WalError::Corrupted {
+        segment,
+        offset: p.offset,
+        lsn: p.lsn,
+        kind: p.damage,
+    }
+}
+
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     let names = storage
         .list(dir)
@@ -315,12 +325,7 @@ pub(crate) fn recover(
             RecoveryMode::PointInTime => false,
         };
         if refuse {
-            return Err(WalError::Corrupted {
-                segment: path,
-                offset: p.offset,
-                lsn: p.lsn,
-                kind: p.damage,
-            });
+            return Err(refused(path, &p));
         }
         truncation = Some(cut(storage, dir, &mut scan, i, &p, torn)?);
     }
@@ -397,12 +402,7 @@ pub fn repair_torn_tail(
         return Ok(None);
     };
     if !scan.problem_is_torn_tail() {
-        return Err(WalError::Corrupted {
-            segment: scan.segments[i].path.clone(),
-            offset: p.offset,
-            lsn: p.lsn,
-            kind: p.damage,
-        });
+        return Err(refused(scan.segments[i].path.clone(), &p));
     }
     if dry_run {
         plan_cut(storage, &scan, i, &p).map(Some)
