@@ -188,6 +188,17 @@ pub fn chain_damage(prev: (u64, u64, u32), header: &SegmentHeader) -> Option<Dam
 /// Validates every segment in `dir`, stopping at the first problem. A
 /// segment of an unknown format version is an error, not a problem.
 pub fn scan_dir(storage: &dyn Storage, dir: &Path) -> Result<DirScan, WalError> {
+    scan_dir_with_progress(storage, dir, &mut |_| {})
+}
+
+/// As [`scan_dir`], calling `progress` with each segment file's length once
+/// that segment is validated, so a tool can draw a byte-accurate bar over a
+/// long scan.
+pub fn scan_dir_with_progress(
+    storage: &dyn Storage,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<DirScan, WalError> {
     let segments = list_segments(storage, dir)?;
     let mut scans: Vec<SegmentScan> = Vec::with_capacity(segments.len());
     let mut problem = None;
@@ -222,6 +233,7 @@ pub fn scan_dir(storage: &dyn Storage, dir: &Path) -> Result<DirScan, WalError> 
             }
         }
         let scan = scan_segment(&file.view, header);
+        progress(file.view.len() as u64);
         let found = scan.problem;
         scans.push(scan);
         if let Some(p) = found {
