@@ -9,16 +9,17 @@
 
 use std::path::{Path, PathBuf};
 
-use wconf::wal::format::{SegmentHeader, FRAME_HEADER_LEN};
+use wconf::wal::format::{SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use wconf::wal::reader::{
     scan_segment, segment_header, Frames, Problem, Record, SegmentFile, SegmentScan,
 };
-use wconf::wal::recovery::{scan_dir, DirScan};
+use wconf::wal::recovery::{scan_dir_with_progress, DirScan};
 use wconf::wal::segment::parse_segment_name;
 use wconf::wal::storage::{StdStorage, Storage};
 use wconf::wal::{DamageClass, HeaderError, WalError};
 
 use crate::exit;
+use crate::progress::Progress;
 
 /// A failure that stops a subcommand before it prints anything useful.
 #[derive(Debug)]
@@ -92,17 +93,19 @@ pub struct Located<'a> {
 }
 
 impl Log {
-    /// Opens `inputs`: one directory, or one or more segment files.
-    pub fn open(inputs: &[PathBuf]) -> Result<Log, Fatal> {
+    /// Opens `inputs`: one directory, or one or more segment files; each
+    /// segment's bytes count on `progress` once validated.
+    pub fn open(inputs: &[PathBuf], progress: &Progress) -> Result<Log, Fatal> {
         match inputs {
             [] => Err(Fatal::usage("give a data directory or segment files")),
-            [dir] if dir.is_dir() => Log::open_dir(dir),
-            files => Log::open_files(files),
+            [dir] if dir.is_dir() => Log::open_dir(dir, progress),
+            files => Log::open_files(files, progress),
         }
     }
 
-    fn open_dir(dir: &Path) -> Result<Log, Fatal> {
-        let scan = scan_dir(&StdStorage, dir).map_err(fatal_wal)?;
+    fn open_dir(dir: &Path, progress: &Progress) -> Result<Log, Fatal> {
+        let scan = scan_dir_with_progress(&StdStorage, dir, &mut |b| progress.inc(b))
+            .map_err(fatal_wal)?;
         let torn_tail = scan.problem_is_torn_tail();
         let DirScan {
             segments,
@@ -123,7 +126,7 @@ impl Log {
 
     /// Segment files named one by one are read each on its own: the chain
     /// between them is `verify`'s business, and a user may pick any subset.
-    fn open_files(files: &[PathBuf]) -> Result<Log, Fatal> {
+    fn open_files(files: &[PathBuf], progress: &Progress) -> Result<Log, Fatal> {
         let mut segments = vec![];
         let mut scans = vec![];
         let mut stop = None;
@@ -173,6 +176,7 @@ impl Log {
             match segment_header(&file) {
                 Ok(h) => {
                     let scan = scan_segment(&file.view, h);
+                    progress.inc(file.view.len() as u64);
                     let problem = scan.problem;
                     scans.push(scan);
                     segments.push(file);
@@ -234,6 +238,15 @@ impl Log {
                     }),
                 })
             })
+    }
+
+    /// The bytes of the valid frames, padding included: what a pass over
+    /// `records()` reads.
+    pub fn frame_bytes(&self) -> u64 {
+        self.scans
+            .iter()
+            .map(|s| s.end - SEGMENT_HEADER_LEN as u64)
+            .sum()
     }
 
     /// The last valid LSN, if there is a record at all.

@@ -22,11 +22,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use wconf::wal::recovery::scan_dir;
+use wconf::wal::recovery::scan_dir_with_progress;
 use wconf::wal::storage::StdStorage;
 use wconf::wal::{DamageClass, WalError};
 
 use crate::log::{Fatal, Log};
+use crate::progress::Progress;
 
 /// Exit codes, for scripts and drills.
 pub mod exit {
@@ -248,12 +249,8 @@ fn main() -> ExitCode {
             top,
             format,
         }) => {
-            let bar = progress::start(&inputs, "reading");
-            let log = Log::open(&inputs);
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            log.and_then(|log| stats::run(&log, top, format))
+            let progress = Progress::for_log(&inputs, "scanning");
+            Log::open(&inputs, &progress).and_then(|log| stats::run(&log, top, format, &progress))
         }
         Some(Command::State { dir, at, diff }) => state::run(&dir, at, diff.as_deref()),
         Some(Command::Verify { dir, salvage }) => Ok(verify(&dir, salvage)),
@@ -308,7 +305,7 @@ fn run_list(args: ListArgs) -> Result<u8, Fatal> {
         lock: args.lock,
         path: args.path,
     };
-    let log = Log::open(&args.inputs)?;
+    let log = Log::open(&args.inputs, &Progress::hidden())?;
     list::run(&log, &filter, &args.output.options())
 }
 
@@ -317,11 +314,9 @@ fn verify(dir: &std::path::Path, salvage: bool) -> u8 {
         eprintln!("wal-dump: {} is not a directory", dir.display());
         return exit::USAGE_OR_IO;
     }
-    let bar = progress::start(&[dir.to_path_buf()], "verifying");
-    let scan = scan_dir(&StdStorage, dir);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let progress = Progress::for_log(&[dir.to_path_buf()], "verifying");
+    let scan = scan_dir_with_progress(&StdStorage, dir, &mut |b| progress.inc(b));
+    drop(progress);
     let scan = match scan {
         Ok(scan) => scan,
         Err(e @ WalError::UnsupportedVersion { .. }) => {

@@ -1,17 +1,21 @@
-//! The progress indicator of long runs (`verify`, `stats`, `state` on a log
-//! over `PROGRESS_BYTES_MIN`): on stderr, only when stderr is a terminal, so
-//! scripts and pipes see nothing. The library's scan has no per-segment
-//! hook, so it is a spinner with the log's size and the elapsed time rather
-//! than a byte-accurate bar.
+//! The progress bar of long runs (`verify`, `stats`, `state` on a log over
+//! `PROGRESS_BYTES_MIN`): on stderr, only when stderr is a terminal, so
+//! scripts and pipes see nothing. It counts bytes: the segment files the
+//! library's scan has validated (`scan_dir_with_progress` reports each
+//! segment as it finishes), then, for `stats` and `state`, the frame bytes
+//! decoded or replayed.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Logs smaller than this finish before a bar would be worth drawing.
 pub const PROGRESS_BYTES_MIN: u64 = 256 << 20;
+
+/// Bytes a pass counts locally before it moves the bar: one atomic update a
+/// mebibyte keeps the bar off the per-record path.
+const STEP_BYTES: u64 = 1 << 20;
 
 /// Whether a run over `log_bytes` shows progress.
 pub fn wanted(log_bytes: u64, stderr_is_terminal: bool) -> bool {
@@ -34,20 +38,97 @@ pub fn log_bytes(inputs: &[PathBuf]) -> u64 {
     }
 }
 
-/// A running spinner labelled `what`, or `None` when progress is not wanted.
-/// Finish it with `finish_and_clear` (dropping it also stops it).
-pub fn start(inputs: &[PathBuf], what: &str) -> Option<ProgressBar> {
-    let bytes = log_bytes(inputs);
-    if !wanted(bytes, std::io::stderr().is_terminal()) {
-        return None;
+/// A byte-counting bar, or nothing when progress is not wanted. Cleared from
+/// the terminal when dropped.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// No bar at all (`list`, `follow`, small logs, pipes).
+    pub fn hidden() -> Progress {
+        Progress { bar: None }
     }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("static template"),
-    );
-    bar.set_message(format!("{what} {} MiB of WAL", bytes >> 20));
-    bar.enable_steady_tick(Duration::from_millis(100));
-    Some(bar)
+
+    /// A bar over the segment files of `inputs`, labelled `what`, when
+    /// stderr is a terminal and the log is over the size floor.
+    pub fn for_log(inputs: &[PathBuf], what: &str) -> Progress {
+        let bytes = log_bytes(inputs);
+        if !wanted(bytes, std::io::stderr().is_terminal()) {
+            return Progress::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:12} [{bar:40}] {binary_bytes}/{binary_total_bytes} \
+                 {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        Progress { bar: Some(bar) }
+    }
+
+    /// `bytes` more are done.
+    pub fn inc(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    /// Starts the next pass: `total` bytes, labelled `what`, from zero.
+    pub fn next_pass(&self, what: &str, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(0);
+            bar.set_message(what.to_string());
+        }
+    }
+
+    /// Removes the bar before the results are printed.
+    pub fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// A counter for a per-record loop: it moves the bar every
+    /// `STEP_BYTES`, and by the rest when dropped.
+    pub fn counter(&self) -> Counter<'_> {
+        Counter {
+            progress: self,
+            pending: 0,
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// See [`Progress::counter`].
+pub struct Counter<'a> {
+    progress: &'a Progress,
+    pending: u64,
+}
+
+impl Counter<'_> {
+    pub fn add(&mut self, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= STEP_BYTES {
+            self.progress.inc(self.pending);
+            self.pending = 0;
+        }
+    }
+}
+
+impl Drop for Counter<'_> {
+    fn drop(&mut self) {
+        self.progress.inc(self.pending);
+    }
 }
 
 #[cfg(test)]

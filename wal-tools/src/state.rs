@@ -11,6 +11,7 @@ use wconf::state::State;
 use crate::decode::mode_name;
 use crate::exit;
 use crate::log::{Fatal, Log};
+use crate::progress::Progress;
 
 pub const SCHEMA: &str = "wal-dump/state/v1";
 pub const DIFF_SCHEMA: &str = "wal-dump/state-diff/v1";
@@ -22,17 +23,13 @@ pub fn run(dir: &Path, at: Option<u64>, diff: Option<&[u64]>) -> Result<u8, Fata
             dir.display()
         )));
     }
-    let bar = crate::progress::start(&[dir.to_path_buf()], "reading");
-    let log = Log::open(&[dir.to_path_buf()]);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let log = log?;
+    let progress = Progress::for_log(&[dir.to_path_buf()], "scanning");
+    let log = Log::open(&[dir.to_path_buf()], &progress)?;
     let doc = match (at, diff) {
-        (Some(at), _) => state_json(&replay_to(&log, at)?, at),
+        (Some(at), _) => state_json(&replay_to(&log, at, &progress)?, at),
         (None, Some([a, b])) => {
-            let before = state_json(&replay_to(&log, *a)?, *a);
-            let after = state_json(&replay_to(&log, *b)?, *b);
+            let before = state_json(&replay_to(&log, *a, &progress)?, *a);
+            let after = state_json(&replay_to(&log, *b, &progress)?, *b);
             let patch = json_patch::diff(&before, &after);
             json!({
                 "schema": DIFF_SCHEMA,
@@ -43,6 +40,7 @@ pub fn run(dir: &Path, at: Option<u64>, diff: Option<&[u64]>) -> Result<u8, Fata
         }
         _ => return Err(Fatal::usage("give --at LSN or --diff LSN1 LSN2")),
     };
+    progress.clear();
     println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     if let Some(stop) = log.stop.as_ref().filter(|s| !s.torn_tail) {
         eprintln!("wal-dump: {}", stop.describe());
@@ -50,12 +48,15 @@ pub fn run(dir: &Path, at: Option<u64>, diff: Option<&[u64]>) -> Result<u8, Fata
     Ok(exit::CLEAN)
 }
 
-/// Replays records `1..=at` into a fresh state. Without snapshots the log
-/// must still start at LSN 1.
-pub fn replay_to(log: &Log, at: u64) -> Result<State, Fatal> {
+/// Replays records `1..=at` into a fresh state, counting the frame bytes
+/// on `progress`. Without snapshots the log must still start at LSN 1.
+pub fn replay_to(log: &Log, at: u64, progress: &Progress) -> Result<State, Fatal> {
     let mut state = State::new();
+    progress.next_pass(&format!("replaying to {at}"), log.frame_bytes());
+    let mut counter = progress.counter();
     for located in log.records() {
         let frame = located?.record;
+        counter.add(frame.header.padded_len() as u64);
         if state.applied_lsn() == 0 && frame.lsn != 1 {
             return Err(Fatal {
                 code: exit::CORRUPT,

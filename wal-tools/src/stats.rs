@@ -8,6 +8,7 @@ use wconf::wal::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 
 use crate::decode::{decode, type_name};
 use crate::log::{Fatal, Log};
+use crate::progress::Progress;
 use crate::{exit, Format};
 
 pub const SCHEMA: &str = "wal-dump/stats/v1";
@@ -31,10 +32,13 @@ struct Counts {
     last_lsn: Option<u64>,
 }
 
-pub fn run(log: &Log, top: usize, format: Format) -> Result<u8, Fatal> {
+pub fn run(log: &Log, top: usize, format: Format, progress: &Progress) -> Result<u8, Fatal> {
     let mut c = Counts::default();
+    progress.next_pass("counting", log.frame_bytes());
+    let mut counter = progress.counter();
     for located in log.records() {
         let r = located?.record;
+        counter.add(r.header.padded_len() as u64);
         c.records += 1;
         c.first_lsn.get_or_insert(r.lsn);
         c.last_lsn = Some(r.lsn);
@@ -63,6 +67,8 @@ pub fn run(log: &Log, top: usize, format: Format) -> Result<u8, Fatal> {
             c.epochs.push((r.lsn, *started_unix_ms));
         }
     }
+    drop(counter);
+    progress.clear();
     let doc = to_json(log, &c, top);
     match format {
         Format::Text => print_text(&doc),
