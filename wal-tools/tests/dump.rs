@@ -2,8 +2,7 @@
 //! writes them (`Wal` + `replay::encode_record` of real records) and on the
 //! golden v1 segments.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use serde_json::Value;
 use wconf::replay::encode_record;
@@ -11,6 +10,8 @@ use wconf::state::{CloseReason, LockMode, LockRequest, Record, SessionId, State,
 use wconf::wal::{Wal, WalOptions};
 
 mod common;
+
+use common::{dump, s};
 
 const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/wal-v1");
 
@@ -111,28 +112,6 @@ fn write_log() -> tempfile::TempDir {
     }
     wal.close().unwrap();
     tmp
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn dump(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_wal-dump"))
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn ndjson(args: &[&str]) -> Vec<Value> {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use wconf::wal::{Wal, WalOptions};
 
@@ -26,6 +27,11 @@ pub fn write_log(dir: &Path, records: u64, payload: impl Fn(u64) -> Vec<u8>) -> 
         wal.append(1, payload(i)).unwrap().wait().unwrap();
     }
     wal.close().unwrap();
+    segments(dir)
+}
+
+/// The segment files of `dir`, in LSN order.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -33,4 +39,28 @@ pub fn write_log(dir: &Path, records: u64, payload: impl Fn(u64) -> Vec<u8>) -> 
         .collect();
     segments.sort();
     segments
+}
+
+/// What a `wal-dump` run printed, and its exit code.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `wal-dump` with `args`.
+pub fn dump(args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-dump"))
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
 }
