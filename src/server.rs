@@ -13,10 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use nix::sys::stat::{umask, Mode};
+use tokio::sync::oneshot;
 
 use crate::actors::config::ConfigActor;
-use crate::actors::lock::LockActor;
+use crate::actors::lock::{LockActor, Shutdown};
 use crate::actors::wal::WalActor;
+use crate::api::guard::Gate;
 use crate::api::{self, Handles};
 use crate::replay::{encode_record, replay};
 use crate::state::{LockOrder, Record, State};
@@ -26,7 +28,8 @@ use crate::wal::{Recovered, RecoveryMode, Wal, WalError, WalOptions};
 /// Exit codes of `wconfd`, so an operator can tell a repaired torn tail
 /// (a warning, then a normal start) from a refused corrupt log.
 pub mod exit {
-    /// Clean shutdown (SIGINT or SIGTERM).
+    /// Clean shutdown (SIGINT or SIGTERM): every request answered, the log
+    /// synced and closed, the directory unlocked.
     pub const OK: i32 = 0;
     /// Start-up failed for another reason: the directory is locked by
     /// another process, the address is in use, an I/O error.
@@ -37,6 +40,10 @@ pub mod exit {
     pub const FAIL_STOP: i32 = crate::actors::EXIT_FAIL_STOP;
     /// The log is corrupt (not merely torn at its tail) and was refused.
     pub const CORRUPT: i32 = 4;
+    /// A second SIGINT or SIGTERM arrived during the clean shutdown, which
+    /// was cut short: the log is safe (nothing unsynced was acknowledged),
+    /// but no snapshot was written.
+    pub const FORCED: i32 = 5;
 }
 
 #[derive(Debug, Clone)]
@@ -162,9 +169,14 @@ fn wal_options(opts: &DaemonOptions) -> WalOptions {
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM. Returns only on a clean stop or
-/// a start-up failure; a fail-stop exits the process from inside.
+/// Runs the daemon until SIGINT or SIGTERM, then shuts down cleanly (see
+/// [`shutdown`]). Returns only on a clean stop or a start-up failure; a
+/// fail-stop, or a second signal during the shutdown, exits the process from
+/// inside.
 pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the signal thread ever sees SIGINT and SIGTERM.
+    let stop = watch_signals()?;
     let order = lock_order(&opts)?;
     let (wal, recovered) = Wal::open(&opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
     let state = prepare(&opts, order, &wal, recovered)?;
@@ -174,17 +186,68 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
         state,
         wal.clone(),
         Listen::Addr(opts.listen.clone()),
+        stop,
         |ready| {
             println!(
                 "wconfd ready on http://{} (epoch {}, lsn {})",
                 ready.addr, ready.epoch, ready.lsn
             );
             let _ = std::io::stdout().flush();
+            // systemd `Type=notify`: started only once the ports listen.
+            notify(&[sd_notify::NotifyState::Ready]);
         },
     );
-    let closed = wal.close();
+    let closed = close_log(wal);
     served?;
-    closed.map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))
+    closed
+}
+
+/// The last step of every stop: writes whatever is still queued, stops the
+/// writer (each batch was already fdatasynced before it was acknowledged),
+/// and releases the directory lock with the last reference to the log.
+fn close_log(wal: Arc<Wal>) -> Result<(), StartError> {
+    let closed = wal
+        .close()
+        .map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()));
+    let lsn = wal.durable_lsn();
+    // The actors are gone with the runtime, so this is normally the last
+    // reference: dropping it unlocks `LOCK` now, not at process exit.
+    drop(wal);
+    if closed.is_ok() {
+        tracing::info!(lsn, "log closed");
+    }
+    closed
+}
+
+/// SIGINT and SIGTERM are blocked in this thread (and every thread started
+/// after) and taken by a dedicated thread with `sigwait`. The first starts
+/// the clean shutdown through the returned receiver; a second exits at once
+/// with [`exit::FORCED`]. That is safe: every acknowledged record was
+/// fdatasynced before its answer, and recovery cuts a torn tail.
+fn watch_signals() -> Result<oneshot::Receiver<()>, StartError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| StartError::new(exit::START, format!("block SIGINT and SIGTERM: {e}")))?;
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("wconfd-signals".into())
+        .spawn(move || {
+            let first = set.wait();
+            tracing::info!(
+                signal = ?first,
+                "shutting down cleanly; a second SIGINT or SIGTERM stops at once"
+            );
+            let _ = tx.send(());
+            let second = set.wait();
+            tracing::warn!(signal = ?second, "second signal: exiting at once; the log is safe");
+            eprintln!("wconfd: second signal during shutdown: exiting at once");
+            std::process::exit(exit::FORCED);
+        })
+        .map_err(|e| StartError::new(exit::START, format!("spawn the signal thread: {e}")))?;
+    Ok(rx)
 }
 
 fn lock_order(opts: &DaemonOptions) -> Result<LockOrder, StartError> {
@@ -253,26 +316,32 @@ fn prepare(
 
 /// Where the HTTP server listens.
 enum Listen {
-    /// Bind this address; SIGINT and SIGTERM stop the server (`wconfd`).
+    /// Bind this address (`wconfd`).
     Addr(String),
-    /// Serve on a socket the caller bound; signals are left alone, and the
-    /// caller stops the server through its handle (in-process servers).
+    /// Serve on a socket the caller bound (in-process servers).
     Listener(std::net::TcpListener),
 }
+
+/// How long, at most, the HTTP server waits for requests in flight when it
+/// stops. By then every waiting request has been answered, so what is left
+/// only waits for a group commit; the limit is for a disk that hangs.
+pub const SHUTDOWN_DRAIN_S: u64 = 10;
 
 /// What the server announces once it accepts connections.
 struct Ready {
     addr: String,
     epoch: u64,
     lsn: u64,
-    handle: actix_web::dev::ServerHandle,
 }
 
+/// Serves until `stop` resolves (or its sender is dropped), then runs the
+/// clean [`shutdown`]. The log is closed by the caller.
 fn serve(
     opts: &DaemonOptions,
     state: State,
     wal: Arc<Wal>,
     listen: Listen,
+    stop: oneshot::Receiver<()>,
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), StartError> {
     let system = actix_web::rt::System::new();
@@ -289,26 +358,33 @@ fn serve(
         });
         let config = ConfigActor::new(state.config().clone(), config_lsn, wal.clone()).start();
         let lock = LockActor::new(state, wal.clone(), wal_actor, config.clone()).start();
+        let gate = Gate::default();
         let handles = Handles {
-            lock,
+            lock: lock.clone(),
             config,
             wal_dir: wal.dir().to_path_buf(),
         };
         let body_bytes_max = opts.body_bytes_max;
+        let app_gate = gate.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(handles.clone()))
+                .app_data(web::Data::new(app_gate.clone()))
                 .app_data(api::json_config(body_bytes_max))
                 .app_data(web::PayloadConfig::new(body_bytes_max))
+                .wrap(actix_web::middleware::from_fn(api::guard::gate))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
-        });
+        })
+        // Signals belong to `run`'s signal thread; the shutdown below
+        // stops the server in its own order.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_DRAIN_S);
         let server = match listen {
             Listen::Addr(addr) => server
                 .bind(&addr)
                 .map_err(|e| StartError::new(exit::START, format!("listen on {addr}: {e}")))?,
             Listen::Listener(listener) => server
-                .disable_signals()
                 .workers(2)
                 .listen(listener)
                 .map_err(|e| StartError::new(exit::START, format!("listen: {e}")))?,
@@ -334,20 +410,92 @@ fn serve(
             .map_or_else(|| opts.listen.clone(), |a| a.to_string());
         let running = server.run();
         let handle = running.handle();
+        let mut running = actix_web::rt::spawn(running);
         tracing::info!(%addr, epoch, lsn, "ready");
-        on_ready(Ready {
-            addr,
-            epoch,
-            lsn,
-            handle,
-        });
-        let result = running
-            .await
-            .map_err(|e| StartError::new(exit::START, format!("HTTP server: {e}")));
+        on_ready(Ready { addr, epoch, lsn });
+        let result = tokio::select! {
+            // The server only ends by itself on an error.
+            ended = &mut running => server_ended(ended),
+            _ = stop => {
+                let shut = shutdown(&gate, &lock, &handle, &wal).await;
+                let ended = server_ended(running.await);
+                shut.and(ended)
+            }
+        };
         wal_arbiter.stop();
-        tracing::info!("stopped");
+        if result.is_ok() {
+            tracing::info!("stopped cleanly");
+        }
         result
     })
+}
+
+fn server_ended(
+    ended: Result<std::io::Result<()>, actix_web::rt::task::JoinError>,
+) -> Result<(), StartError> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StartError::new(exit::START, format!("HTTP server: {e}"))),
+        Err(e) => Err(StartError::new(
+            exit::START,
+            format!("HTTP server task: {e}"),
+        )),
+    }
+}
+
+/// The clean shutdown, in order:
+///
+/// 1. refuse new requests (503 `shutting_down`, at the gate);
+/// 2. answer every waiting acquire and transaction 503 `shutting_down`,
+///    and let no request start waiting;
+/// 3. stop accepting connections and let the requests in flight finish:
+///    they only wait for their group commit now;
+/// 4. wait until everything the lock actor applied is durable (the last
+///    group commit);
+/// 5. (the final snapshot: not written yet, see below).
+///
+/// The caller then closes the log and so releases the directory lock.
+async fn shutdown(
+    gate: &Gate,
+    lock: &Addr<LockActor>,
+    handle: &actix_web::dev::ServerHandle,
+    wal: &Wal,
+) -> Result<(), StartError> {
+    notify(&[sd_notify::NotifyState::Stopping]);
+    gate.stop();
+    let stopped = |e: MailboxError| StartError::new(exit::START, format!("lock actor: {e}"));
+    lock.send(Shutdown).await.map_err(stopped)?;
+    handle.stop(true).await;
+    // Requests that passed the gate before it closed were still decided
+    // while the server drained; ask again for the last applied LSN.
+    let lsn = lock.send(Shutdown).await.map_err(stopped)?;
+    match wal.wait_durable(lsn).await {
+        Ok(_) => {}
+        Err(WalError::Poisoned { .. }) | Err(WalError::Closed) => {
+            return Err(StartError::new(
+                exit::FAIL_STOP,
+                wal.poisoned()
+                    .map_or_else(|| "the log closed early".into(), |e| e.to_string()),
+            ))
+        }
+        Err(e) => return Err(StartError::new(exit::START, e.to_string())),
+    }
+    tracing::info!(lsn, "every request answered and every record durable");
+    // 5. The final snapshot belongs here, after the last record is durable
+    // and before the log closes, so the next start replays nothing. Issue 5
+    // item 1 adds the snapshot writer and its trigger on the lock actor;
+    // until that lands there is nothing to call, and the next start replays
+    // the whole log (which is always correct, only slower).
+    Ok(())
+}
+
+/// Tells the service manager about a state change when `NOTIFY_SOCKET` is
+/// set (systemd `Type=notify`); without it this does nothing. A failure is
+/// logged, never fatal: the daemon serves either way.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }
 
 /// A daemon running inside this process, on a storage backend the caller
@@ -362,7 +510,8 @@ pub struct InProcess {
     addr: std::net::SocketAddr,
     epoch: u64,
     lsn: u64,
-    handle: actix_web::dev::ServerHandle,
+    /// Fires the clean shutdown, as a first SIGTERM does for `wconfd`.
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), StartError>>>,
     wal: Arc<Wal>,
 }
@@ -385,13 +534,15 @@ pub fn start_in_process(
     let state = prepare(opts, order, &wal, recovered)?;
     let wal = Arc::new(wal);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (stop_tx, stop_rx) = oneshot::channel();
     let thread = {
         let opts = opts.clone();
         let wal = wal.clone();
         std::thread::Builder::new()
             .name("wconfd-in-process".into())
             .spawn(move || {
-                serve(&opts, state, wal, Listen::Listener(listener), |ready| {
+                let listen = Listen::Listener(listener);
+                serve(&opts, state, wal, listen, stop_rx, |ready| {
                     let _ = ready_tx.send(ready);
                 })
             })
@@ -402,7 +553,7 @@ pub fn start_in_process(
             addr,
             epoch: ready.epoch,
             lsn: ready.lsn,
-            handle: ready.handle,
+            stop: Some(stop_tx),
             thread: Some(thread),
             wal,
         }),
@@ -431,9 +582,9 @@ impl InProcess {
         crate::actors::last_fail_stop()
     }
 
-    /// Stops serving (connections still open are dropped), waits for the
-    /// server thread, and closes the log. A fail-stopped server's thread is
-    /// halted for good; it is left behind.
+    /// Shuts down cleanly, as `wconfd` does on SIGTERM: every request
+    /// answered, every record durable; then closes the log. A fail-stopped
+    /// server's thread is halted for good; it is left behind.
     pub fn stop(mut self) -> Result<(), StartError> {
         if self.fail_stopped().is_some() {
             return Err(StartError::new(
@@ -441,7 +592,9 @@ impl InProcess {
                 self.fail_stopped().unwrap_or_default(),
             ));
         }
-        futures_executor::block_on(self.handle.stop(false));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         let served = match self.thread.take().map(|t| t.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(StartError::new(exit::START, "server thread panicked")),

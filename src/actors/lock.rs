@@ -105,6 +105,9 @@ pub struct LockActor {
     next_seq: u64,
     waiting: HashMap<WaiterId, Reply<AcquireResponse>>,
     txns: HashMap<WaiterId, PendingTxn>,
+    /// Set by [`Shutdown`]: no request may start waiting any more (it
+    /// could outlive the server), and leases are no longer expired.
+    stopping: bool,
 }
 
 impl LockActor {
@@ -123,6 +126,7 @@ impl LockActor {
             next_seq: 1,
             waiting: HashMap::new(),
             txns: HashMap::new(),
+            stopping: false,
         }
     }
 
@@ -307,6 +311,11 @@ impl LockActor {
 
     /// Sessions whose lease ran out are closed by a logged record each.
     fn expire(&mut self, ctx: &mut Context<Self>) {
+        // Clients cannot renew a lease while the daemon stops; the next
+        // start grants every lease a grace period anyway.
+        if self.stopping {
+            return;
+        }
         let now_ms = self.now_ms();
         let expired = self.state.expired_sessions(now_ms);
         if expired.is_empty() {
@@ -672,6 +681,9 @@ impl LockActor {
             let blockers = self.state.locks().blockers(owner, &m.locks, priority);
             return Ok(Acquired::Now(not_granted(blockers)));
         }
+        if self.stopping {
+            return Err(ApiError::shutting_down());
+        }
         let seq = self.next_seq();
         let id = WaiterId(seq);
         self.state.enqueue_waiter(Waiter {
@@ -856,6 +868,7 @@ impl LockActor {
                         "config_locked",
                         "the config lock is busy",
                     )),
+                    Ok(_) if self.stopping => Err(ApiError::shutting_down()),
                     Ok(_) if self.txns.len() >= TXN_WAITERS_MAX => Err(StateError::Full {
                         what: "waiting transactions",
                         max: TXN_WAITERS_MAX,
@@ -931,5 +944,31 @@ impl Handler<GetStatus> for LockActor {
         let mut step = Step::new(true);
         step.answers.push(answer(m.reply, Ok(status)));
         self.finish(step, ctx);
+    }
+}
+
+/// Starts the clean shutdown: from now on no request waits, and every
+/// waiting acquire and transaction is answered 503 `shutting_down` at once
+/// (their waits only ever lived in memory, so nothing is logged). Sent
+/// again once the HTTP server has drained; each time it answers the LSN
+/// applied so far, which the server waits to be durable.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for LockActor {
+    type Result = u64;
+
+    fn handle(&mut self, _m: Shutdown, _ctx: &mut Self::Context) -> u64 {
+        self.stopping = true;
+        for (id, reply) in self.waiting.drain() {
+            self.state.cancel_waiter(id);
+            let _ = reply.send(Err(ApiError::shutting_down()));
+        }
+        for (id, txn) in self.txns.drain() {
+            self.state.cancel_waiter(id);
+            let _ = txn.reply.send(Err(ApiError::shutting_down()));
+        }
+        self.state.applied_lsn()
     }
 }

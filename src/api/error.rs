@@ -21,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     /// Set for 503 backpressure answers.
     pub retry_after_s: Option<u32>,
+    /// Set for 401: the `WWW-Authenticate` challenge.
+    pub challenge: Option<&'static str>,
 }
 
 /// The JSON body of an error response.
@@ -42,6 +44,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            challenge: None,
         }
     }
 
@@ -58,6 +61,31 @@ impl ApiError {
         ApiError {
             retry_after_s: Some(RETRY_AFTER_S),
             ..ApiError::new(503, "busy", format!("{what} is full; retry later"))
+        }
+    }
+
+    /// A TCP request without the right bearer token (`--auth-token-file`).
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            challenge: Some("Bearer realm=\"wconfd\""),
+            ..ApiError::new(
+                401,
+                "unauthorized",
+                "this daemon needs `Authorization: Bearer <token>` (the token in its --auth-token-file)",
+            )
+        }
+    }
+
+    /// A clean shutdown has begun: the request was not carried out. The
+    /// next start of the daemon will take it (hence `Retry-After`).
+    pub fn shutting_down() -> ApiError {
+        ApiError {
+            retry_after_s: Some(RETRY_AFTER_S),
+            ..ApiError::new(
+                503,
+                "shutting_down",
+                "wconfd is shutting down; nothing was done, retry against its next start",
+            )
         }
     }
 
@@ -127,6 +155,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status_code());
         if let Some(s) = self.retry_after_s {
             resp.insert_header(("Retry-After", s.to_string()));
+        }
+        if let Some(c) = self.challenge {
+            resp.insert_header(("WWW-Authenticate", c));
         }
         resp.json(ErrorBody {
             error: ErrorDetail {

@@ -3,6 +3,7 @@
 //! lives here.
 
 pub mod error;
+pub mod guard;
 pub mod types;
 
 use std::str::FromStr;

@@ -24,7 +24,7 @@ pub(crate) struct Daemon {
 
 /// A port nobody listens on right now (another process may still take it
 /// before the daemon binds; `start` retries then).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }
@@ -35,7 +35,7 @@ pub(crate) fn start(dir: &Path, extra: &[&str]) -> Daemon {
 }
 
 /// The `wconfd` command for `dir`, logging warnings and errors to a pipe.
-fn command(dir: &Path, port: u16, extra: &[&str]) -> Command {
+pub(crate) fn command(dir: &Path, port: u16, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wconfd"));
     cmd.arg("--data-dir")
         .arg(dir)
@@ -49,7 +49,7 @@ fn command(dir: &Path, port: u16, extra: &[&str]) -> Command {
 }
 
 /// As [`start`], with `setup` applied to the command first.
-fn start_with(dir: &Path, extra: &[&str], setup: impl Fn(&mut Command)) -> Daemon {
+pub(crate) fn start_with(dir: &Path, extra: &[&str], setup: impl Fn(&mut Command)) -> Daemon {
     let mut last = String::new();
     for _ in 0..START_ATTEMPTS {
         let port = free_port();

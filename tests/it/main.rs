@@ -14,6 +14,9 @@
 //!   restarted.
 //! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
 //!   in-process on `MemStorage`.
+//! - `shutdown`: SIGTERM answers every request, syncs and frees the
+//!   directory; a second signal exits at once; READY=1 and STOPPING=1 reach
+//!   `NOTIFY_SOCKET`.
 //! - `race`: the seed's race, lock and write-with-release under 200 SIGKILLs.
 //! - `wconfctl`: the CLI against the real `wconfd`: its flows, JSON output
 //!   and exit codes.
@@ -25,5 +28,6 @@ mod fairness;
 mod golden;
 mod power_loss;
 mod race;
+mod shutdown;
 mod wal_props;
 mod wconfctl;
