@@ -14,6 +14,8 @@
 //!   restarted.
 //! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
 //!   in-process on `MemStorage`.
+//! - `service`: the `--config` file under environment and flags,
+//!   `--log-format json`, completions and man pages of both binaries.
 //! - `shutdown`: SIGTERM answers every request, syncs and frees the
 //!   directory; a second signal exits at once; READY=1 and STOPPING=1 reach
 //!   `NOTIFY_SOCKET`.
@@ -28,6 +30,7 @@ mod fairness;
 mod golden;
 mod power_loss;
 mod race;
+mod service;
 mod shutdown;
 mod wal_props;
 mod wconfctl;
