@@ -30,7 +30,9 @@ use std::sync::Arc;
 
 pub use format::{FrameDamage, HeaderError, KIND_SKIPPABLE};
 pub use recovery::{Recovered, RecoveryMode, RecoveryReport, Truncation};
-pub use telemetry::TelemetrySnapshot;
+pub use telemetry::{
+    BucketCounts, TelemetrySnapshot, BYTES_PER_SYNC_BOUNDS, RECORDS_PER_SYNC_BOUNDS, SYNC_US_BOUNDS,
+};
 pub use writer::{Appended, DurableWait, Wal};
 
 /// The largest `batch_bytes_max` accepted. It keeps a batch's record count,
