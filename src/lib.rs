@@ -17,6 +17,8 @@ pub mod client;
 pub mod codec;
 #[cfg(feature = "daemon")]
 pub mod ctl;
+#[cfg(feature = "daemon")]
+pub mod metrics;
 pub mod replay;
 #[cfg(feature = "daemon")]
 pub mod server;

@@ -17,9 +17,11 @@ use tokio::sync::oneshot;
 
 use crate::actors::config::ConfigActor;
 use crate::actors::lock::{LockActor, Shutdown};
+use crate::actors::mailbox::Mailbox;
 use crate::actors::wal::WalActor;
 use crate::api::guard::Gate;
 use crate::api::{self, Handles};
+use crate::metrics::{MailboxOf, Metrics};
 use crate::replay::{encode_record, replay};
 use crate::state::{LockOrder, Record, State};
 use crate::wal::storage::Storage;
@@ -179,12 +181,14 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
     let stop = watch_signals()?;
     let order = lock_order(&opts)?;
     let (wal, recovered) = Wal::open(&opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
-    let state = prepare(&opts, order, &wal, recovered)?;
+    let metrics = web::Data::new(Metrics::new());
+    let state = prepare(&opts, order, &wal, recovered, &metrics)?;
     let wal = Arc::new(wal);
     let served = serve(
         &opts,
         state,
         wal.clone(),
+        metrics,
         Listen::Addr(opts.listen.clone()),
         stop,
         |ready| {
@@ -262,6 +266,7 @@ fn prepare(
     order: LockOrder,
     wal: &Wal,
     recovered: Recovered,
+    metrics: &Metrics,
 ) -> Result<State, StartError> {
     let report = &recovered.report;
     tracing::info!(
@@ -274,8 +279,10 @@ fn prepare(
         "recovered the log"
     );
     // A cut was already logged, with every detail, by wal::recovery.
+    let replay_started = std::time::Instant::now();
     let (mut state, stats) =
         replay(&recovered).map_err(|e| StartError::new(exit::CORRUPT, e.to_string()))?;
+    metrics.recovered(report.elapsed + replay_started.elapsed(), stats.records);
     drop(recovered);
     tracing::info!(
         records = stats.records,
@@ -340,6 +347,7 @@ fn serve(
     opts: &DaemonOptions,
     state: State,
     wal: Arc<Wal>,
+    metrics: web::Data<Metrics>,
     listen: Listen,
     stop: oneshot::Receiver<()>,
     on_ready: impl FnOnce(Ready),
@@ -357,17 +365,26 @@ fn serve(
             WalActor::new(wal_for_actor)
         });
         let config = ConfigActor::new(state.config().clone(), config_lsn, wal.clone()).start();
-        let lock = LockActor::new(state, wal.clone(), wal_actor, config.clone()).start();
+        let lock = LockActor::new(
+            state,
+            wal.clone(),
+            wal_actor,
+            config.clone(),
+            metrics.clone().into_inner(),
+        )
+        .start();
+        metrics.watch_wal(wal.clone());
         let gate = Gate::default();
         let handles = Handles {
-            lock: lock.clone(),
-            config,
+            lock: Mailbox::new(lock.clone(), metrics.mailbox(MailboxOf::Lock)),
+            config: Mailbox::new(config, metrics.mailbox(MailboxOf::Config)),
             wal_dir: wal.dir().to_path_buf(),
         };
         let body_bytes_max = opts.body_bytes_max;
         let app_gate = gate.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(metrics.clone())
                 .app_data(web::Data::new(handles.clone()))
                 .app_data(web::Data::new(app_gate.clone()))
                 .app_data(api::json_config(body_bytes_max))
@@ -375,6 +392,9 @@ fn serve(
                 .wrap(actix_web::middleware::from_fn(api::guard::gate))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
+                // Wrapped last, so outermost: every request is counted,
+                // whoever answers it (the shutdown gate's 503s too).
+                .wrap(actix_web::middleware::from_fn(api::metrics::observe))
         })
         // Signals belong to `run`'s signal thread; the shutdown below
         // stops the server in its own order.
@@ -531,7 +551,8 @@ pub fn start_in_process(
         .map_err(|e| StartError::new(exit::START, format!("listener address: {e}")))?;
     let (wal, recovered) =
         Wal::open_with(storage, &opts.data_dir, wal_options(opts)).map_err(wal_error)?;
-    let state = prepare(opts, order, &wal, recovered)?;
+    let metrics = web::Data::new(Metrics::new());
+    let state = prepare(opts, order, &wal, recovered, &metrics)?;
     let wal = Arc::new(wal);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -542,7 +563,7 @@ pub fn start_in_process(
             .name("wconfd-in-process".into())
             .spawn(move || {
                 let listen = Listen::Listener(listener);
-                serve(&opts, state, wal, listen, stop_rx, |ready| {
+                serve(&opts, state, wal, metrics, listen, stop_rx, |ready| {
                     let _ = ready_tx.send(ready);
                 })
             })

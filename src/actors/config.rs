@@ -55,6 +55,8 @@ pub struct Publish {
     pub patch_json: String,
 }
 
+super::mailbox::countable!(ConfigActor: Publish);
+
 impl Handler<Publish> for ConfigActor {
     type Result = ();
 
@@ -82,6 +84,8 @@ pub struct GetConfig {
     pub pointer: Option<String>,
     pub reply: Reply<Vec<u8>>,
 }
+
+super::mailbox::countable!(ConfigActor: GetConfig);
 
 #[derive(Serialize)]
 struct WholeRef<'a> {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::config::{ConfigActor, Publish};
+use super::mailbox::Counted;
 use super::wal::{Append, WalActor};
 use super::{durable_wait_failed, fail_stop, Reply, LOCK_MAILBOX_MAX};
 use crate::api::error::ApiError;
@@ -24,6 +25,7 @@ use crate::api::types::{
     AcquireResponse, HolderView, LockSpec, LocksView, ReleaseResponse, SessionCreated, SessionList,
     SessionView, Status, TxnResponse, WaiterView, WriteResponse,
 };
+use crate::metrics::{MailboxOf, Metrics};
 use crate::replay::encode_record;
 use crate::state::{
     CloseReason, GrantPass, LockMode, LockRequest, Outcome, Record, Requester, SessionId, State,
@@ -108,6 +110,7 @@ pub struct LockActor {
     /// Set by [`Shutdown`]: no request may start waiting any more (it
     /// could outlive the server), and leases are no longer expired.
     stopping: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl LockActor {
@@ -116,6 +119,7 @@ impl LockActor {
         wal: Arc<Wal>,
         wal_actor: Addr<WalActor>,
         config: Addr<ConfigActor>,
+        metrics: Arc<Metrics>,
     ) -> LockActor {
         LockActor {
             state,
@@ -127,6 +131,7 @@ impl LockActor {
             waiting: HashMap::new(),
             txns: HashMap::new(),
             stopping: false,
+            metrics,
         }
     }
 
@@ -179,6 +184,10 @@ impl LockActor {
     /// once everything the step applied or read is durable.
     fn finish(&mut self, step: Step, ctx: &mut Context<Self>) {
         let visible_lsn = self.state.applied_lsn();
+        let locks = self.state.locks();
+        let sessions = self.state.sessions().len();
+        self.metrics
+            .lock_tables(sessions, locks.len(), locks.waiter_count());
         let Step {
             first_lsn,
             frames,
@@ -200,14 +209,21 @@ impl LockActor {
         let count = frames.len() as u64;
         let config = self.config.clone();
         let wal_actor = self.wal_actor.clone();
+        let (config_depth, wal_depth) = (
+            self.metrics.mailbox(MailboxOf::Config),
+            self.metrics.mailbox(MailboxOf::Wal),
+        );
         let send = async move {
             for p in publishes {
                 config
-                    .send(p)
+                    .send(Counted::new(p, &config_depth))
                     .await
                     .map_err(|e| format!("config actor: {e}"))?;
             }
-            match wal_actor.send(Append { frames }).await {
+            match wal_actor
+                .send(Counted::new(Append { frames }, &wal_depth))
+                .await
+            {
                 Ok(Ok(appended)) => Ok(appended),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("WAL actor: {e}")),
@@ -270,7 +286,10 @@ impl LockActor {
                 .state
                 .run_txn_waiter(id, txn.patch_json)
                 .map_err(ApiError::from)
-                .and_then(|(_, record)| self.txn_now(step, record, txn.if_serial));
+                .and_then(|(waiter, record)| {
+                    self.waited(&waiter);
+                    self.txn_now(step, record, txn.if_serial)
+                });
             step.answers.push(answer(txn.reply, result));
             return;
         }
@@ -278,7 +297,10 @@ impl LockActor {
             .state
             .grant_waiter(id, pass)
             .map_err(ApiError::from)
-            .and_then(|(_, record)| self.apply(step, record))
+            .and_then(|(waiter, record)| {
+                self.waited(&waiter);
+                self.apply(step, record)
+            })
             .map(|applied| granted(applied.outcome));
         if let Some(reply) = self.waiting.remove(&id) {
             step.answers.push(answer(reply, result));
@@ -296,6 +318,12 @@ impl LockActor {
         check_serial(self.state.config().serial(), if_serial)?;
         let applied = self.apply(step, record)?;
         txn_outcome(applied.outcome.ok_or_else(missing_outcome)?)
+    }
+
+    /// `waiter` leaves the queue granted: how long it waited.
+    fn waited(&self, waiter: &Waiter) {
+        let waited_ms = self.now_ms().saturating_sub(waiter.enqueued_ms);
+        self.metrics.lock_wait_granted(waited_ms);
     }
 
     fn dedup(&self, session: Option<SessionId>, request_id: Option<&str>) -> Option<Outcome> {
@@ -321,6 +349,7 @@ impl LockActor {
         if expired.is_empty() {
             return;
         }
+        self.metrics.sessions_expired(expired.len());
         let mut step = Step::new(false);
         for session in expired {
             tracing::info!(%session, "session lease expired");
@@ -480,6 +509,8 @@ macro_rules! request {
             $(pub $field: $ty,)*
             pub reply: Reply<$reply>,
         }
+
+        super::mailbox::countable!(LockActor: $name);
     };
 }
 
@@ -708,6 +739,7 @@ impl Handler<Acquire> for LockActor {
         match self.acquire(&mut step, &m) {
             Ok(Acquired::Now(response)) => step.answers.push(answer(m.reply, Ok(response))),
             Ok(Acquired::Waiting(id)) => {
+                self.metrics.lock_wait_started();
                 self.waiting.insert(id, m.reply);
                 ctx.run_later(Duration::from_millis(m.wait_ms), move |act, ctx| {
                     act.waiter_timed_out(id, ctx)
@@ -914,6 +946,7 @@ impl Handler<Txn> for LockActor {
             reply,
         };
         if let Some(id) = self.txn(&mut step, txn, request_id) {
+            self.metrics.lock_wait_started();
             ctx.run_later(Duration::from_millis(wait_ms), move |act, ctx| {
                 act.waiter_timed_out(id, ctx)
             });

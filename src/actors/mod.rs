@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod lock;
+pub mod mailbox;
 pub mod wal;
 
 use std::sync::atomic::{AtomicBool, Ordering};

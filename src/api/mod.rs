@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod guard;
+pub mod metrics;
 pub mod types;
 
 use std::str::FromStr;
@@ -14,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::config::{ConfigActor, GetConfig};
 use crate::actors::lock::{self, LockActor};
+use crate::actors::mailbox::{Counted, Mailbox};
 use crate::actors::Reply;
 use crate::state::locks::{PRIORITY_MAX, PRIORITY_MIN};
 use crate::state::{LockRequest, SessionId};
@@ -26,20 +28,20 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 16 << 20;
 /// What every handler needs.
 #[derive(Clone)]
 pub struct Handles {
-    pub lock: Addr<LockActor>,
-    pub config: Addr<ConfigActor>,
+    pub lock: Mailbox<LockActor>,
+    pub config: Mailbox<ConfigActor>,
     pub wal_dir: std::path::PathBuf,
 }
 
 /// Sends a request to an actor without queueing past a full mailbox, and
 /// waits for its answer.
-async fn ask<A, M, T>(addr: &Addr<A>, make: impl FnOnce(Reply<T>) -> M) -> Result<T, ApiError>
+async fn ask<A, M, T>(to: &Mailbox<A>, make: impl FnOnce(Reply<T>) -> M) -> Result<T, ApiError>
 where
-    A: Actor<Context = Context<A>> + Handler<M>,
+    A: Actor<Context = Context<A>> + Handler<Counted<M>>,
     M: Message<Result = ()> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    addr.try_send(make(tx)).map_err(|e| match e {
+    to.try_send(make(tx)).map_err(|e| match e {
         SendError::Full(_) => ApiError::busy("the request queue"),
         SendError::Closed(_) => ApiError::unavailable("the daemon is stopping"),
     })?;
@@ -89,6 +91,7 @@ pub fn json_config(body_bytes_max: usize) -> web::JsonConfig {
 /// Routes of API v1.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics::scrape))
         .route("/v1/status", web::get().to(status))
         .route("/v1/sessions", web::post().to(create_session))
         .route("/v1/sessions", web::get().to(list_sessions))
@@ -125,7 +128,9 @@ async fn status(h: web::Data<Handles>) -> Result<HttpResponse, ApiError> {
     Ok(ok(status))
 }
 
-fn segment_usage(dir: &std::path::Path) -> (u64, u64) {
+/// Segment files in `dir` and their bytes (file sizes, so preallocated
+/// space counts), read from the real file system.
+pub(crate) fn segment_usage(dir: &std::path::Path) -> (u64, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (0, 0);
     };

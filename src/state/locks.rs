@@ -303,6 +303,11 @@ impl LockTable {
         self.queue.values()
     }
 
+    /// The number of waiters, without walking the queue.
+    pub fn waiter_count(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn waiter(&self, id: WaiterId) -> Option<&Waiter> {
         self.keys.get(&id).map(|k| &self.queue[k])
     }

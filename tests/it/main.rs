@@ -12,6 +12,8 @@
 //! - `daemon`: the guarantees of `wconfd` (G1, G2, G3, G5 to G9, the Unix
 //!   socket, lock order), against the real binary, killed with SIGKILL and
 //!   restarted.
+//! - `metrics`: `GET /metrics` counts exactly what clients did, keeps its
+//!   labels bounded, and answers while the lock actor is stuck.
 //! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
 //!   in-process on `MemStorage`.
 //! - `service`: the `--config` file under environment and flags,
@@ -28,6 +30,7 @@ mod backpressure;
 mod daemon;
 mod fairness;
 mod golden;
+mod metrics;
 mod power_loss;
 mod race;
 mod service;
