@@ -18,6 +18,8 @@ pub mod codec;
 #[cfg(feature = "daemon")]
 pub mod ctl;
 #[cfg(feature = "daemon")]
+pub mod loadgen;
+#[cfg(feature = "daemon")]
 pub mod metrics;
 pub mod replay;
 #[cfg(feature = "daemon")]

@@ -27,6 +27,7 @@
 
 mod api_edges;
 mod backpressure;
+mod bench;
 mod daemon;
 mod fairness;
 mod golden;

@@ -1,0 +1,238 @@
+//! One keep-alive HTTP/1.1 connection to wconfd, on hyper's low-level client:
+//! each load-generator client owns exactly one, so no pool sits between the
+//! requests and the socket and no request pays for a connect.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::api::error::ErrorBody;
+
+/// What went wrong with one request, sorted the way the report counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The daemon refused the request (a bug in the load generator, or a
+    /// limit reached).
+    Http4xx,
+    /// 503: a queue or table is full (`busy`), or the daemon is stopping.
+    Busy503,
+    /// Any other 5xx.
+    Http5xx,
+    /// Connect, send or receive failed; the connection is dropped and the
+    /// next request opens a new one.
+    Connection,
+    /// A 2xx answer that is not what the workload needs: an acquire not
+    /// granted after waiting, a write not applied, a body that does not parse.
+    Unexpected,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Http4xx,
+        ErrorKind::Busy503,
+        ErrorKind::Http5xx,
+        ErrorKind::Connection,
+        ErrorKind::Unexpected,
+    ];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Http4xx => "http_4xx",
+            ErrorKind::Busy503 => "busy_503",
+            ErrorKind::Http5xx => "http_5xx",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Unexpected => "unexpected",
+        }
+    }
+
+    fn of_status(status: u16) -> ErrorKind {
+        match status {
+            503 => ErrorKind::Busy503,
+            500..=599 => ErrorKind::Http5xx,
+            400..=499 => ErrorKind::Http4xx,
+            _ => ErrorKind::Unexpected,
+        }
+    }
+}
+
+/// A failed request: its kind and a message for the report.
+#[derive(Debug, Clone)]
+pub struct OpError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The daemon's `Retry-After`, in seconds, on a 503.
+    pub retry_after_s: Option<u64>,
+}
+
+impl OpError {
+    pub fn unexpected(message: impl Into<String>) -> OpError {
+        OpError {
+            kind: ErrorKind::Unexpected,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    fn connection(what: &str, e: impl std::fmt::Display) -> OpError {
+        OpError {
+            kind: ErrorKind::Connection,
+            message: format!("{what}: {e}"),
+            retry_after_s: None,
+        }
+    }
+}
+
+/// An answer: status and the whole body.
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// A keep-alive connection that reconnects on the next request after a
+/// transport error.
+pub struct Conn {
+    addr: String,
+    host: HeaderValue,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    /// TCP connects made so far: one per connection unless errors forced
+    /// reconnects, which the report shows.
+    pub connects: u64,
+}
+
+impl Conn {
+    /// `addr` is `host:port`; nothing is connected until the first request.
+    pub fn new(addr: &str) -> Conn {
+        Conn {
+            addr: addr.to_string(),
+            host: HeaderValue::from_str(addr).unwrap_or(HeaderValue::from_static("localhost")),
+            sender: None,
+            connects: 0,
+        }
+    }
+
+    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, OpError> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| OpError::connection(&format!("connect {}", self.addr), e))?;
+            // Requests are small and each waits for its answer: Nagle would
+            // only add delay.
+            stream
+                .set_nodelay(true)
+                .map_err(|e| OpError::connection("TCP_NODELAY", e))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| OpError::connection("HTTP handshake", e))?;
+            // The connection task ends when the sender is dropped.
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.connects += 1;
+            self.sender = Some(sender);
+        }
+        Ok(self.sender.as_mut().expect("connected above"))
+    }
+
+    /// Sends one request and reads the whole answer, whatever its status.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, OpError> {
+        let result = self.exchange(method, path, body).await;
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::Connection {
+                self.sender = None;
+            }
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, OpError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.host.clone());
+        if body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| OpError::unexpected(format!("request {path}: {e}")))?;
+        let sender = self.sender().await?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| OpError::connection("connection not ready", e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| OpError::connection("send", e))?;
+        let status = response.status().as_u16();
+        let retry_after_s = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| OpError::connection("read body", e))?
+            .to_bytes();
+        if (200..300).contains(&status) {
+            Ok(Reply { status, body })
+        } else {
+            Err(status_error(status, &body, retry_after_s))
+        }
+    }
+
+    /// A JSON request whose success answer is parsed as `T`.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, OpError> {
+        let body = match body {
+            Some(b) => Some(
+                serde_json::to_vec(b)
+                    .map_err(|e| OpError::unexpected(format!("encode {path}: {e}")))?,
+            ),
+            None => None,
+        };
+        let reply = self.request(method, path, body).await?;
+        serde_json::from_slice(&reply.body).map_err(|e| {
+            OpError::unexpected(format!(
+                "{path} answered {} with a body that does not parse: {e}",
+                reply.status
+            ))
+        })
+    }
+}
+
+/// An error answer, with the daemon's code and message when it sent them.
+fn status_error(status: u16, body: &[u8], retry_after_s: Option<u64>) -> OpError {
+    let detail = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => format!("{} {}: {}", status, b.error.code, b.error.message),
+        Err(_) => format!("{status}: {}", String::from_utf8_lossy(body)),
+    };
+    OpError {
+        kind: ErrorKind::of_status(status),
+        message: detail,
+        retry_after_s,
+    }
+}

@@ -1,0 +1,137 @@
+//! `wconf-bench` against the real `wconfd`: every workload runs clean for
+//! a second, its JSON report agrees with what the daemon holds afterwards,
+//! and `wconf-bench plot` turns the reports into a table and two SVGs.
+//! No throughput is asserted: numbers are for benchmarks, not tests.
+
+use std::process::Command;
+
+use wconf::loadgen::report::Report;
+use wconf::loadgen::workload::SETUP_TAG;
+
+use crate::daemon::start;
+
+const CONNECTIONS: usize = 3;
+const KEYS: usize = 8;
+const VALUE_BYTES: usize = 40;
+const INSTANCES: usize = 5;
+
+/// Runs one workload for a second with `--json` and parses its report.
+fn bench(addr: &str, workload: &str) -> Report {
+    let out = Command::new(env!("CARGO_BIN_EXE_wconf-bench"))
+        .args(["--addr", addr, "--workload", workload, "--json"])
+        .args(["--connections", &CONNECTIONS.to_string()])
+        .args(["--duration", "1", "--warmup", "0.2"])
+        .args(["--keys", &KEYS.to_string()])
+        .args(["--value-bytes", &VALUE_BYTES.to_string()])
+        .args(["--instances", &INSTANCES.to_string()])
+        .args(["--write-ratio", "0.2"])
+        .output()
+        .expect("run wconf-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{workload}: {stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{workload}: {e}: {stdout}"))
+}
+
+#[test]
+fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
+    // Invariant: each workload completes operations with zero errors over
+    // one keep-alive connection per client; every acknowledged change is
+    // in the config serial (no more, no fewer); the txn workload's keys all
+    // hold values it wrote; jobs and contended clients leave no session and
+    // no lock behind; the daemon's pid is found for the CPU split; and the
+    // plot subcommand renders the reports.
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&dir.path().join("data"), &[]);
+    let addr = d.base.trim_start_matches("http://").to_string();
+    let mut files = Vec::new();
+    for workload in ["txn", "job", "contended", "read"] {
+        let r = bench(&addr, workload);
+        assert!(r.ops > 0, "{workload}: no operation completed: {r:?}");
+        assert_eq!(r.errors.total, 0, "{workload}: {:?}", r.errors);
+        assert_eq!(r.connects, CONNECTIONS as u64, "{workload}: reconnected");
+        assert_eq!(
+            r.config_serial_after - r.config_serial_before,
+            r.changes_acked,
+            "{workload}: acknowledged changes and the serial disagree"
+        );
+        assert_eq!(r.cpu.daemon_pid, Some(d.child.id()), "{workload}");
+        match &r.daemon.wal {
+            Some(w) => assert!(w.syncs > 0 && w.records >= w.syncs, "{workload}: {w:?}"),
+            None => {
+                let why = r.daemon.unavailable_because.as_deref().unwrap_or("");
+                assert!(why.contains("404"), "{workload}: /metrics failed: {why}");
+            }
+        }
+        let sessions = d.client.sessions().unwrap().sessions;
+        assert!(
+            sessions.is_empty(),
+            "{workload} left sessions: {sessions:?}"
+        );
+        let locks = d.client.locks().unwrap();
+        assert!(
+            locks.holders.is_empty() && locks.waiters.is_empty(),
+            "{workload} left locks: {locks:?}"
+        );
+        match workload {
+            "txn" => {
+                let keys = d.client.config_value("/bench/keys").unwrap().value;
+                let keys = keys.as_object().expect("a map of keys");
+                assert_eq!(keys.len(), KEYS, "{keys:?}");
+                for (k, v) in keys {
+                    let v = v.as_str().expect("string values");
+                    assert_eq!(v.len(), VALUE_BYTES, "{k}: {v:?}");
+                    assert!(!v.starts_with(SETUP_TAG), "{k} was never written: {v:?}");
+                }
+            }
+            "job" => {
+                let written = d
+                    .client
+                    .config_value("/bench/instances")
+                    .unwrap()
+                    .value
+                    .as_object()
+                    .expect("a map of instances")
+                    .values()
+                    .filter(|i| !i["job"].is_null() && !i["token"].is_null())
+                    .count();
+                assert!(written > 0, "no job changed its instance");
+            }
+            "read" => {
+                assert!(r.by_kind.get("read").is_some_and(|k| k.ops > 0), "{r:?}");
+            }
+            _ => {}
+        }
+        let file = dir.path().join(format!("{workload}.json"));
+        std::fs::write(&file, serde_json::to_vec(&r).unwrap()).unwrap();
+        files.push(file);
+    }
+
+    let out_dir = dir.path().join("plots");
+    let out = Command::new(env!("CARGO_BIN_EXE_wconf-bench"))
+        .arg("plot")
+        .args(&files)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run wconf-bench plot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    for workload in ["txn", "job", "contended", "read"] {
+        assert!(
+            table.contains(&format!("| {workload} | {CONNECTIONS} |")),
+            "{table}"
+        );
+    }
+    for svg in ["throughput.svg", "latency.svg"] {
+        let text = std::fs::read_to_string(out_dir.join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("connections"),
+            "{svg}"
+        );
+    }
+}
