@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::report::{micros, thousands, Report};
@@ -29,9 +30,9 @@ pub fn render(files: &[PathBuf], out: &Path, title: &str) -> Result<Vec<PathBuf>
     std::fs::write(&table_path, table(&reports, title))
         .map_err(|e| format!("{}: {e}", table_path.display()))?;
     let throughput_path = out.join("throughput.svg");
-    throughput_svg(&reports, &throughput_path)?;
+    throughput_svg(&reports, &throughput_path, title)?;
     let latency_path = out.join("latency.svg");
-    latency_svg(&reports, &latency_path)?;
+    latency_svg(&reports, &latency_path, title)?;
     Ok(vec![table_path, throughput_path, latency_path])
 }
 
@@ -80,7 +81,7 @@ pub fn table(reports: &[Report], title: &str) -> String {
         });
         let _ = writeln!(
             t,
-            "\n{mode}; {:.0} s measured after {:.0} s warm-up; --keys {} --value-bytes {} \
+            "\n{mode}; {} s measured after {} s warm-up; --keys {} --value-bytes {} \
              --instances {} --write-ratio {}; latency is per operation (a whole job for `job`, \
              acquire plus write for `contended`); errors count the whole run; records/fsync and \
              fsync p50 are the daemon's `/metrics` over the measured window; CPU in cores \
@@ -164,10 +165,46 @@ fn legend<'a, 'b: 'a>(chart: &mut LogChart<'a, 'b>, position: SeriesLabelPositio
         .draw()
 }
 
-fn throughput_svg(reports: &[Report], path: &Path) -> Result<(), String> {
+/// Characters of the footer's lines, about the width of the plots.
+const FOOTER_LINE_CHARS: usize = 150;
+
+/// Writes `title` (how the numbers were made) along the bottom, so a plot
+/// seen on its own still says where it comes from, and answers the area
+/// above it.
+fn footer<'a>(
+    root: DrawingArea<SVGBackend<'a>, Shift>,
+    title: &str,
+) -> Result<DrawingArea<SVGBackend<'a>, Shift>, DrawingAreaErrorKind<std::io::Error>> {
+    let mut lines = vec![String::new()];
+    for word in title.split(' ') {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + word.len() >= FOOTER_LINE_CHARS {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    let line_px = 14;
+    let (_, height) = root.dim_in_pixel();
+    let (plot, bottom) = root.split_vertically(height - line_px * lines.len() as u32 - 8);
+    for (i, text) in lines.iter().enumerate() {
+        bottom.draw(&Text::new(
+            text.clone(),
+            (10, line_px as i32 * i as i32),
+            ("sans-serif", 11).into_font().color(&BLACK.mix(0.7)),
+        ))?;
+    }
+    Ok(plot)
+}
+
+fn throughput_svg(reports: &[Report], path: &Path, title: &str) -> Result<(), String> {
     let err = draw_err(path);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
+    let root = footer(root, title).map_err(&err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption("wconfd throughput against connections", ("sans-serif", 22))
         .margin(16)
@@ -204,11 +241,12 @@ fn throughput_svg(reports: &[Report], path: &Path) -> Result<(), String> {
 /// Picks one latency percentile out of a report.
 type Percentile = fn(&Report) -> u64;
 
-fn latency_svg(reports: &[Report], path: &Path) -> Result<(), String> {
+fn latency_svg(reports: &[Report], path: &Path, title: &str) -> Result<(), String> {
     let err = draw_err(path);
     let groups = by_workload(reports);
-    let root = SVGBackend::new(path, (1000, 760)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
+    let root = footer(root, title).map_err(&err)?;
     let root = root
         .titled(
             "wconfd latency percentiles against connections",
