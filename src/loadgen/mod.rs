@@ -3,9 +3,10 @@
 //! closed loop or at a fixed rate, and the run is reported with latency
 //! percentiles, errors by kind, the daemon's own group-commit figures and
 //! where the CPU went. `plot` turns a set of reports into a table and SVGs.
-//! `src/bin/wconf-bench.rs` only parses flags and calls [`run`] or
-//! [`plot::render`].
+//! `src/bin/wconf-bench.rs` only calls [`cli::main`], which parses flags
+//! and calls [`run`] or [`plot::render`].
 
+pub mod cli;
 pub mod cpu;
 pub mod http;
 pub mod metrics;
