@@ -10,7 +10,7 @@
 //! step's last LSN is durable; a step that changed nothing still waits for
 //! the LSN it read at (G4).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,9 @@ pub const TXN_WAITERS_MAX: usize = 4_096;
 const TXN_PRIORITY: i8 = 0;
 /// How often leases are checked. A lease ends at most this late.
 pub const EXPIRY_TICK_MS: u64 = 100;
+/// Sessions whose lease ran out that this daemon remembers (by id only), so
+/// a late `write` from one answers "lock not held" rather than "unknown".
+pub const EXPIRED_REMEMBERED_MAX: usize = 65_536;
 
 type Answer = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
 
@@ -111,6 +114,10 @@ pub struct LockActor {
     /// could outlive the server), and leases are no longer expired.
     stopping: bool,
     metrics: Arc<Metrics>,
+    /// Sessions this process expired, oldest first, at most
+    /// `EXPIRED_REMEMBERED_MAX`; live only (a restart forgets them).
+    expired: VecDeque<SessionId>,
+    expired_set: HashSet<SessionId>,
 }
 
 impl LockActor {
@@ -132,6 +139,8 @@ impl LockActor {
             txns: HashMap::new(),
             stopping: false,
             metrics,
+            expired: VecDeque::new(),
+            expired_set: HashSet::new(),
         }
     }
 
@@ -339,6 +348,15 @@ impl LockActor {
 
     /// Sessions whose lease ran out are closed by a logged record each.
     fn expire(&mut self, ctx: &mut Context<Self>) {
+        let mut step = Step::new(false);
+        self.expire_into(&mut step);
+        self.finish(step, ctx);
+    }
+
+    /// Closes, in `step`, every session whose lease has run out, and grants
+    /// what that frees. The records are logged whatever the WAL queue holds:
+    /// the decision is the clock's, not a client's to be refused.
+    fn expire_into(&mut self, step: &mut Step) {
         // Clients cannot renew a lease while the daemon stops; the next
         // start grants every lease a grace period anyway.
         if self.stopping {
@@ -350,14 +368,23 @@ impl LockActor {
             return;
         }
         self.metrics.sessions_expired(expired.len());
-        let mut step = Step::new(false);
+        let refusable = std::mem::replace(&mut step.refusable, false);
         for session in expired {
             tracing::info!(%session, "session lease expired");
-            self.close(&mut step, session, CloseReason::Expired)
+            self.close(step, session, CloseReason::Expired)
                 .unwrap_or_else(|e| fail_stop(&format!("expiring session {session}: {e}")));
+            if self.expired.len() == EXPIRED_REMEMBERED_MAX {
+                if let Some(old) = self.expired.pop_front() {
+                    self.expired_set.remove(&old);
+                }
+            }
+            self.expired.push_back(session);
+            self.expired_set.insert(session);
         }
-        self.wake(&mut step);
-        self.finish(step, ctx);
+        self.wake(step);
+        // A client record after timer records is never refused alone: the
+        // step logs as a whole.
+        step.refusable = refusable && step.frames.is_empty();
     }
 
     fn close(
@@ -841,7 +868,21 @@ impl Handler<Write> for LockActor {
 
     fn handle(&mut self, m: Write, ctx: &mut Self::Context) {
         let mut step = Step::new(true);
+        // A lease that ran out since the last tick ends now, in this step,
+        // before the write is decided: past its TTL a session holds nothing,
+        // so it must not write even in the moments before the tick.
+        self.expire_into(&mut step);
         let result = (|| {
+            if self.expired_set.contains(&m.session) {
+                // Its locks went with its lease (issue 5): the same answer
+                // as any write without `config`, and nothing changes.
+                return Ok(WriteResponse {
+                    applied: false,
+                    lock_was_held: false,
+                    serial: None,
+                    lsn: None,
+                });
+            }
             self.check_session(m.session)?;
             if let Some(done) = self.dedup(Some(m.session), m.request_id.as_deref()) {
                 return write_outcome(done);

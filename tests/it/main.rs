@@ -31,6 +31,7 @@ mod bench;
 mod daemon;
 mod fairness;
 mod golden;
+mod lease;
 mod metrics;
 mod power_loss;
 mod race;
