@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::api::error::ErrorBody;
 use crate::api::types::*;
+use crate::auth::Token;
 
 /// How long a request may take by default. Waiting acquires add their
 /// `wait_ms` on the server side, so callers that wait long set their own.
@@ -57,6 +58,8 @@ impl std::error::Error for ClientError {}
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer` with every request when set.
+    token: Option<Token>,
 }
 
 impl Client {
@@ -69,11 +72,23 @@ impl Client {
         Client {
             base: base.into().trim_end_matches('/').to_string(),
             agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+            token: None,
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// Sends `token` with every request, for a daemon started with
+    /// `--auth-token-file` (read it with [`crate::auth::read_token_file`]).
+    pub fn with_token(mut self, token: Option<Token>) -> Client {
+        self.token = token;
+        self
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let req = self.agent.request(method, &format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.set("Authorization", &format!("Bearer {}", t.as_str())),
+            None => req,
+        }
     }
 
     fn finish<T: DeserializeOwned>(
@@ -103,7 +118,7 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Self::finish(self.agent.get(&self.url(path)).call())
+        Self::finish(self.request("GET", path).call())
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(
@@ -111,15 +126,14 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        Self::finish(self.agent.post(&self.url(path)).send_json(body))
+        Self::finish(self.request("POST", path).send_json(body))
     }
 
     /// Posts raw bytes as JSON, for callers (and tests) that need to send
     /// exactly what they wrote.
     pub fn post_raw<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ClientError> {
         let req = self
-            .agent
-            .post(&self.url(path))
+            .request("POST", path)
             .set("Content-Type", "application/json");
         Self::finish(req.send_bytes(body))
     }
@@ -154,8 +168,7 @@ impl Client {
 
     pub fn close_session(&self, session: &str) -> Result<ReleaseResponse, ClientError> {
         Self::finish(
-            self.agent
-                .delete(&self.url(&format!("/v1/sessions/{session}")))
+            self.request("DELETE", &format!("/v1/sessions/{session}"))
                 .call(),
         )
     }

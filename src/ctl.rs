@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::types::*;
+use crate::auth::Token;
 use crate::client::{Client, ClientError, TIMEOUT_DEFAULT};
 use crate::state::SessionId;
 
@@ -137,6 +138,7 @@ impl Answer {
 pub struct Ctl {
     base: String,
     format: Format,
+    token: Option<Token>,
 }
 
 impl Ctl {
@@ -159,7 +161,17 @@ impl Ctl {
                 "--addr {addr:?} is not host:port (e.g. {ADDR_DEFAULT})"
             )));
         }
-        Ok(Ctl { base, format })
+        Ok(Ctl {
+            base,
+            format,
+            token: None,
+        })
+    }
+
+    /// Sends this bearer token with every request (`--token-file`).
+    pub fn with_token(mut self, token: Option<Token>) -> Ctl {
+        self.token = token;
+        self
     }
 
     /// A client whose timeout covers the daemon-side wait of the request,
@@ -169,6 +181,7 @@ impl Ctl {
             self.base.clone(),
             TIMEOUT_DEFAULT.saturating_add(Duration::from_millis(wait_ms)),
         )
+        .with_token(self.token.clone())
     }
 
     fn call<T>(&self, result: Result<T, ClientError>) -> Result<T, CtlError> {

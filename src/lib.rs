@@ -11,6 +11,8 @@ pub mod actors;
 #[cfg(feature = "daemon")]
 pub mod api;
 #[cfg(feature = "daemon")]
+pub mod auth;
+#[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod client;

@@ -21,6 +21,7 @@ use crate::actors::mailbox::Mailbox;
 use crate::actors::wal::WalActor;
 use crate::api::guard::Gate;
 use crate::api::{self, Handles};
+use crate::auth::{read_token_file, Token};
 use crate::metrics::{MailboxOf, Metrics};
 use crate::replay::{encode_record, replay};
 use crate::state::{LockOrder, Record, State};
@@ -60,6 +61,14 @@ pub struct DaemonOptions {
     /// Records waiting for the log writer, at most; a request that would
     /// queue past it is answered 503 with `Retry-After`.
     pub wal_queue_len_max: usize,
+    /// With `socket`: this group (a name or a number) may connect too; the
+    /// socket is then mode 0660 instead of 0600.
+    pub socket_group: Option<String>,
+    /// The bearer token every TCP request needs (but `/healthz` and
+    /// `/metrics`); see [`crate::auth::read_token_file`].
+    pub auth_token_file: Option<PathBuf>,
+    /// Serve a non-loopback `listen` address without a token.
+    pub insecure: bool,
 }
 
 impl Default for DaemonOptions {
@@ -73,6 +82,9 @@ impl Default for DaemonOptions {
             body_bytes_max: api::BODY_BYTES_MAX_DEFAULT,
             lock_order: Vec::new(),
             wal_queue_len_max: WalOptions::default().queue_len_max,
+            socket_group: None,
+            auth_token_file: None,
+            insecure: false,
         }
     }
 }
@@ -176,6 +188,7 @@ fn wal_options(opts: &DaemonOptions) -> WalOptions {
 /// fail-stop, or a second signal during the shutdown, exits the process from
 /// inside.
 pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
+    let token = access(&opts)?;
     // Before any thread starts, so that every thread inherits the mask and
     // only the signal thread ever sees SIGINT and SIGTERM.
     let stop = watch_signals()?;
@@ -190,6 +203,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
         wal.clone(),
         metrics,
         Listen::Addr(opts.listen.clone()),
+        token,
         stop,
         |ready| {
             println!(
@@ -252,6 +266,43 @@ fn watch_signals() -> Result<oneshot::Receiver<()>, StartError> {
         })
         .map_err(|e| StartError::new(exit::START, format!("spawn the signal thread: {e}")))?;
     Ok(rx)
+}
+
+/// Who may talk to the daemon, checked before anything is opened: reads
+/// the token file, and refuses a non-loopback `listen` address without a
+/// token unless `insecure` says so (exit 2 either way).
+fn access(opts: &DaemonOptions) -> Result<Option<Token>, StartError> {
+    if opts.socket_group.is_some() && opts.socket.is_none() {
+        return Err(StartError::new(
+            exit::USAGE,
+            "--socket-group needs --socket: it grants a group access to the Unix socket",
+        ));
+    }
+    let token = match &opts.auth_token_file {
+        Some(path) => Some(read_token_file(path).map_err(|e| StartError::new(exit::USAGE, e))?),
+        None => None,
+    };
+    if token.is_none() && !opts.insecure {
+        use std::net::ToSocketAddrs;
+        // An address that does not resolve fails at bind, with its reason.
+        let exposed = opts
+            .listen
+            .to_socket_addrs()
+            .map(|mut addrs| addrs.any(|a| !a.ip().is_loopback()))
+            .unwrap_or(false);
+        if exposed {
+            return Err(StartError::new(
+                exit::USAGE,
+                format!(
+                    "--listen {} is not a loopback address: anyone who reaches it could \
+                     change the configuration and the locks. Give --auth-token-file FILE \
+                     (clients then send its token), or --insecure to serve it without one",
+                    opts.listen
+                ),
+            ));
+        }
+    }
+    Ok(token)
 }
 
 fn lock_order(opts: &DaemonOptions) -> Result<LockOrder, StartError> {
@@ -349,6 +400,7 @@ fn serve(
     wal: Arc<Wal>,
     metrics: web::Data<Metrics>,
     listen: Listen,
+    token: Option<Token>,
     stop: oneshot::Receiver<()>,
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), StartError> {
@@ -374,7 +426,10 @@ fn serve(
         )
         .start();
         metrics.watch_wal(wal.clone());
-        let gate = Gate::default();
+        let gate = Gate {
+            token: token.map(Arc::new),
+            ..Gate::default()
+        };
         let handles = Handles {
             lock: Mailbox::new(lock.clone(), metrics.mailbox(MailboxOf::Lock)),
             config: Mailbox::new(config, metrics.mailbox(MailboxOf::Config)),
@@ -420,6 +475,9 @@ fn serve(
                 let server = bound.map_err(|e| socket_error("bind", path, e))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                     .map_err(|e| socket_error("chmod", path, e))?;
+                if let Some(group) = &opts.socket_group {
+                    grant_group(path, group)?;
+                }
                 server
             }
             None => server,
@@ -545,6 +603,7 @@ pub fn start_in_process(
     listener: std::net::TcpListener,
 ) -> Result<InProcess, StartError> {
     crate::actors::fail_stop_halts_thread();
+    let token = access(opts)?;
     let order = lock_order(opts)?;
     let addr = listener
         .local_addr()
@@ -563,7 +622,7 @@ pub fn start_in_process(
             .name("wconfd-in-process".into())
             .spawn(move || {
                 let listen = Listen::Listener(listener);
-                serve(&opts, state, wal, metrics, listen, stop_rx, |ready| {
+                serve(&opts, state, wal, metrics, listen, token, stop_rx, |ready| {
                     let _ = ready_tx.send(ready);
                 })
             })
@@ -625,6 +684,28 @@ impl InProcess {
         served?;
         closed.map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))
     }
+}
+
+/// Gives `group` access to the socket: its group first, then mode 0660,
+/// so the socket is never open to a group other than the one named.
+fn grant_group(path: &Path, group: &str) -> Result<(), StartError> {
+    use nix::unistd::{Gid, Group};
+    let gid = match Group::from_name(group) {
+        Ok(Some(g)) => g.gid,
+        _ => match group.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                return Err(StartError::new(
+                    exit::USAGE,
+                    format!("--socket-group: there is no group {group:?}"),
+                ))
+            }
+        },
+    };
+    nix::unistd::chown(path, None, Some(gid))
+        .map_err(|e| socket_error(&format!("chown to group {group}"), path, e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| socket_error("chmod", path, e))
 }
 
 fn socket_error(what: &str, path: &Path, e: std::io::Error) -> StartError {

@@ -13,6 +13,7 @@ use actix_web::{web, ResponseError};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::auth::Token;
 
 /// Routes a monitor reaches without the token: they show no configuration,
 /// lock or session, and a health checker should not need a secret.
@@ -25,7 +26,7 @@ pub struct Gate {
     /// answered 503 `shutting_down` here.
     pub stopping: Arc<AtomicBool>,
     /// With `--auth-token-file`: the token every TCP request must carry.
-    pub token: Option<Arc<[u8]>>,
+    pub token: Option<Arc<Token>>,
 }
 
 impl Gate {
@@ -38,7 +39,8 @@ impl Gate {
         // The Unix socket has no peer address: its file mode decides who
         // connects, so only TCP needs the token.
         if let (Some(token), Some(_)) = (&self.token, req.peer_addr()) {
-            if !OPEN_PATHS.contains(&req.path()) && !bearer_matches(req, token) {
+            if !OPEN_PATHS.contains(&req.path()) && !bearer_matches(req, token.as_str().as_bytes())
+            {
                 return Err(ApiError::unauthorized());
             }
         }

@@ -25,7 +25,8 @@ Exit codes:
 
 Transport: TCP only. wconfd can also serve a Unix socket (--socket), but
 the HTTP client under wconfctl (ureq 2) cannot connect to one, so wconfctl
-has no --socket; use curl --unix-socket for that.
+has no --socket; use curl --unix-socket for that. A daemon started with
+--auth-token-file needs --token-file (or WCONF_TOKEN_FILE) on TCP.
 
 Example:
   S=$(wconfctl --json session open --name deploy --ttl-ms 60000 | jq -r .session)
@@ -43,6 +44,10 @@ pub struct Cli {
     /// Print the daemon's answers as JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Send the bearer token in FILE (owner-only), for a wconfd started
+    /// with --auth-token-file.
+    #[arg(long, global = true, env = "WCONF_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -227,7 +232,11 @@ pub fn run(cli: Cli) -> Result<Answer, CtlError> {
     } else {
         Format::Human
     };
-    let ctl = Ctl::new(&cli.addr, format)?;
+    let token = match &cli.token_file {
+        Some(path) => Some(crate::auth::read_token_file(path).map_err(CtlError::Usage)?),
+        None => None,
+    };
+    let ctl = Ctl::new(&cli.addr, format)?.with_token(token);
     match cli.command {
         Command::Docs(_) => Err(CtlError::Usage(
             "completions and man pages are printed by main, not sent".into(),

@@ -20,7 +20,8 @@ Flags win over the environment, which wins over the file.
 Exit codes:
   0  clean stop (SIGTERM or SIGINT): every request answered, the log closed
   1  start-up failed: the directory is locked, the address is in use, I/O
-  2  usage: bad flags, environment variables or config file
+  2  usage: bad flags, environment variables or config file; an unusable
+     --auth-token-file; a non-loopback --listen without a token
   3  fail-stop after a log write or fsync error
   4  the log is corrupt and was refused (a torn tail is repaired with a
      warning and is not an error)
@@ -40,9 +41,21 @@ pub struct Args {
     /// TCP address to serve HTTP on.
     #[arg(long, env = "WCONF_LISTEN", default_value = "127.0.0.1:7370")]
     pub listen: String,
-    /// Also serve on this Unix socket, created with mode 0600.
+    /// Also serve on this Unix socket, created with mode 0600 (owner only).
     #[arg(long, env = "WCONF_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Let this group (name or number) connect to --socket too: the socket
+    /// gets that group and mode 0660.
+    #[arg(long, env = "WCONF_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Every TCP request but GET /healthz and /metrics must carry
+    /// `Authorization: Bearer <token>`, the token in FILE (owner-only,
+    /// mode 0600). The Unix socket is guarded by its mode instead.
+    #[arg(long, env = "WCONF_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Allow a non-loopback --listen address without --auth-token-file.
+    #[arg(long, env = "WCONF_INSECURE")]
+    pub insecure: bool,
     /// tolerate-torn-tail, strict or point-in-time.
     #[arg(
         long,
@@ -96,6 +109,9 @@ impl Args {
             body_bytes_max,
             lock_order: self.lock_order,
             wal_queue_len_max: self.wal_queue_max as usize,
+            socket_group: self.socket_group,
+            auth_token_file: self.auth_token_file,
+            insecure: self.insecure,
         })
     }
 }
@@ -186,6 +202,7 @@ mod tests {
                 "segment-size" | "max-body" => "\"1MiB\"",
                 "wal-queue-max" => "8",
                 "log-format" => "\"json\"",
+                "insecure" => "true",
                 _ => "\"x\"",
             };
             let f = file(&format!("{flag} = {value}\n"));

@@ -107,7 +107,7 @@ impl Daemon {
 
 /// Runs `wconfd` on `dir` expecting it to refuse to start: its exit status
 /// and stderr. Panics if it announces it is ready instead.
-fn refused(dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
+pub(crate) fn refused(dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
     let mut child = command(dir, free_port(), extra)
         .spawn()
         .expect("spawn wconfd");
@@ -776,7 +776,7 @@ fn g7_a_failing_disk_stops_the_daemon_and_nothing_unsynced_was_acked() {
 
 /// One HTTP/1.1 exchange over a Unix socket, written by hand: the status
 /// code and the body.
-fn unix_http(path: &Path, request: &str) -> (u16, Value) {
+pub(crate) fn unix_http(path: &Path, request: &str) -> (u16, Value) {
     use std::io::Write;
     let mut stream = std::os::unix::net::UnixStream::connect(path).expect("connect the socket");
     stream.write_all(request.as_bytes()).unwrap();

@@ -5,6 +5,8 @@
 //!   garbage) on random logs written by the real writer.
 //! - `golden`: checked-in segment files of format version 1, which every later
 //!   version must still decode.
+//! - `access`: who may talk to `wconfd`: the socket's mode and group, the
+//!   bearer token on TCP, no exposed address without a token.
 //! - `api_edges`: requests that ask for nothing or are malformed answer
 //!   without writing a record, and answers say what is really held.
 //! - `backpressure`: a full log queue answers 503 with `Retry-After` at
@@ -25,6 +27,7 @@
 //! - `wconfctl`: the CLI against the real `wconfd`: its flows, JSON output
 //!   and exit codes.
 
+mod access;
 mod api_edges;
 mod backpressure;
 mod bench;
