@@ -202,8 +202,10 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
         state,
         wal.clone(),
         metrics,
-        Listen::Addr(opts.listen.clone()),
-        token,
+        Front {
+            listen: Listen::Addr(opts.listen.clone()),
+            token,
+        },
         stop,
         |ready| {
             println!(
@@ -380,6 +382,13 @@ enum Listen {
     Listener(std::net::TcpListener),
 }
 
+/// How clients reach the server: where it listens, and the token TCP
+/// requests must carry.
+struct Front {
+    listen: Listen,
+    token: Option<Token>,
+}
+
 /// How long, at most, the HTTP server waits for requests in flight when it
 /// stops. By then every waiting request has been answered, so what is left
 /// only waits for a group commit; the limit is for a disk that hangs.
@@ -399,11 +408,11 @@ fn serve(
     state: State,
     wal: Arc<Wal>,
     metrics: web::Data<Metrics>,
-    listen: Listen,
-    token: Option<Token>,
+    front: Front,
     stop: oneshot::Receiver<()>,
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), StartError> {
+    let Front { listen, token } = front;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let epoch = state.epoch();
@@ -621,8 +630,11 @@ pub fn start_in_process(
         std::thread::Builder::new()
             .name("wconfd-in-process".into())
             .spawn(move || {
-                let listen = Listen::Listener(listener);
-                serve(&opts, state, wal, metrics, listen, token, stop_rx, |ready| {
+                let front = Front {
+                    listen: Listen::Listener(listener),
+                    token,
+                };
+                serve(&opts, state, wal, metrics, front, stop_rx, |ready| {
                     let _ = ready_tx.send(ready);
                 })
             })
