@@ -79,10 +79,12 @@ impl Progress {
 
     /// Starts the next pass: `total` bytes, labelled `what`, from zero.
     pub fn next_pass(&self, what: &str, total: u64) {
+        // Position first, length last: no frame shows the new pass's
+        // label or length against the old pass's count.
         if let Some(bar) = &self.bar {
-            bar.set_length(total);
-            bar.set_position(0);
+            bar.reset();
             bar.set_message(what.to_string());
+            bar.set_length(total);
         }
     }
 
