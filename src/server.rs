@@ -280,6 +280,9 @@ fn access(opts: &DaemonOptions) -> Result<Option<Token>, StartError> {
             "--socket-group needs --socket: it grants a group access to the Unix socket",
         ));
     }
+    if let Some(group) = &opts.socket_group {
+        socket_gid(group)?;
+    }
     let token = match &opts.auth_token_file {
         Some(path) => Some(read_token_file(path).map_err(|e| StartError::new(exit::USAGE, e))?),
         None => None,
@@ -698,22 +701,24 @@ impl InProcess {
     }
 }
 
+/// The group `--socket-group` names: a group name, else a number.
+fn socket_gid(group: &str) -> Result<nix::unistd::Gid, StartError> {
+    use nix::unistd::{Gid, Group};
+    match Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => group.parse::<u32>().map(Gid::from_raw).map_err(|_| {
+            StartError::new(
+                exit::USAGE,
+                format!("--socket-group: there is no group {group:?}"),
+            )
+        }),
+    }
+}
+
 /// Gives `group` access to the socket: its group first, then mode 0660,
 /// so the socket is never open to a group other than the one named.
 fn grant_group(path: &Path, group: &str) -> Result<(), StartError> {
-    use nix::unistd::{Gid, Group};
-    let gid = match Group::from_name(group) {
-        Ok(Some(g)) => g.gid,
-        _ => match group.parse::<u32>() {
-            Ok(n) => Gid::from_raw(n),
-            Err(_) => {
-                return Err(StartError::new(
-                    exit::USAGE,
-                    format!("--socket-group: there is no group {group:?}"),
-                ))
-            }
-        },
-    };
+    let gid = socket_gid(group)?;
     nix::unistd::chown(path, None, Some(gid))
         .map_err(|e| socket_error(&format!("chown to group {group}"), path, e.into()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))

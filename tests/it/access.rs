@@ -237,7 +237,9 @@ fn socket_group_gives_the_group_mode_0660() {
         "--socket-group",
         "no-such-group-wconf",
     ];
-    let (status, stderr) = refused(&dir.path().join("data2"), &args);
+    let data = dir.path().join("data2");
+    let (status, stderr) = refused(&data, &args);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no group"), "{stderr}");
+    assert!(!data.join("LOCK").exists(), "refused after opening the log");
 }
