@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod dedup;
+pub mod doc;
 pub mod locks;
 pub mod record;
 pub mod sessions;
