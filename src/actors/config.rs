@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{durable_wait_failed, fail_stop, Reply, CONFIG_MAILBOX_MAX};
 use crate::api::error::ApiError;
 use crate::state::config::parse_patch;
+use crate::state::doc::Node;
 use crate::state::ConfigState;
 use crate::wal::Wal;
 
@@ -91,13 +91,13 @@ super::mailbox::countable!(ConfigActor: GetConfig);
 struct WholeRef<'a> {
     serial: u64,
     lsn: u64,
-    config: &'a Value,
+    config: &'a Node,
 }
 
 #[derive(Serialize)]
 struct ValueRef<'a> {
     serial: u64,
-    value: &'a Value,
+    value: &'a Node,
 }
 
 impl Handler<GetConfig> for ConfigActor {

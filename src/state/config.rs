@@ -1,17 +1,22 @@
 //! The configuration document: one JSON value, changed only by RFC 6902
 //! patches, each of which bumps the serial.
 //!
-//! A patch applies wholly or not at all. It is applied op by op to a copy of
-//! the document so every op can be bounded before it runs: without that, a
-//! short patch of `copy` ops that each double the document would exhaust
-//! memory long before any check on the result. The copy costs O(document)
-//! per write, which is the price of that guarantee; documents are small next
-//! to the bounds below.
+//! The document is a [`Node`] tree (`state::doc`) whose parts are shared
+//! between clones, so the state, the config actor's read copy and a snapshot
+//! hold it for O(1) each, and a patch copies only the paths it changes: a
+//! one-key change costs the same at 10 KB as at 100 MB.
+//!
+//! A patch applies wholly or not at all: it runs in place, and on failure
+//! the old root, kept for O(1), is put back. Every op is bounded before it
+//! runs, from the sizes the tree caches: without that, a short patch of
+//! `copy` ops that each double the document would exhaust memory long
+//! before any check on the result.
 
-use json_patch::{Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::doc::{self, Node};
 use super::StateError;
 
 /// The most ops in one patch.
@@ -23,28 +28,31 @@ pub const PATCH_BYTES_MAX: usize = 4 << 20;
 /// refuses to parse deeper than 128, and a document this layer accepted must
 /// always parse again from a snapshot.
 pub const DOC_DEPTH_MAX: usize = 64;
-/// The largest document, as compact JSON text. It must fit a snapshot, which
-/// the codec caps at 64 MiB with everything else.
-pub const DOC_BYTES_MAX: usize = 16 << 20;
+/// The largest document, as compact JSON text: room for the 100 MB configs
+/// the operating targets use. A snapshot carries the text whole, so the
+/// codec's decode limit must be above this too.
+pub const DOC_BYTES_MAX: usize = 256 << 20;
 /// The lock a session must hold exclusively to write the document.
 pub const CONFIG_LOCK: &str = "config";
 
+/// `Clone` is O(1): the document's nodes are shared, not copied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigState {
-    doc: Value,
+    doc: Node,
     serial: u64,
     /// The LSN of the record that last changed the document (0: never
     /// changed). Kept here, and so in every snapshot, because `GET
     /// /v1/config` reports it and it cannot be derived from the document.
     lsn: u64,
-    /// Length of `doc` as compact JSON, kept for status pages and limits.
+    /// Length of `doc` as compact JSON, kept for status pages and limits;
+    /// the tree keeps it exact as it changes.
     doc_bytes: usize,
 }
 
 impl Default for ConfigState {
     fn default() -> Self {
         ConfigState {
-            doc: Value::Object(Default::default()),
+            doc: Node::default(),
             serial: 0,
             lsn: 0,
             doc_bytes: 2,
@@ -73,9 +81,9 @@ impl std::io::Write for CappedCounter {
     }
 }
 
-/// The compact JSON length of `v`, or None if it exceeds `cap`. Only call on
-/// values whose depth is already known to be bounded (serialization
-/// recurses).
+/// The compact JSON length of a patch's value, or None if it exceeds `cap`.
+/// Only call on values whose depth is already known to be bounded
+/// (serialization recurses).
 fn encoded_len_capped(v: &Value, cap: usize) -> Option<usize> {
     let mut counter = CappedCounter { len: 0, cap };
     serde_json::to_writer(&mut counter, v).ok()?;
@@ -126,7 +134,7 @@ pub fn parse_patch(patch_json: &str) -> Result<Patch, StateError> {
 }
 
 impl ConfigState {
-    pub fn doc(&self) -> &Value {
+    pub fn doc(&self) -> &Node {
         &self.doc
     }
 
@@ -145,80 +153,99 @@ impl ConfigState {
     }
 
     /// The value at an RFC 6901 pointer (`""` is the whole document).
-    pub fn get(&self, pointer: &str) -> Option<&Value> {
+    pub fn get(&self, pointer: &str) -> Option<&Node> {
         self.doc.pointer(pointer)
     }
 
     /// Whether `patch` would apply, without changing anything.
     pub fn check_patch(&self, patch: &Patch) -> Result<(), StateError> {
-        self.patched(patch).map(drop)
+        self.clone().patch(patch)
     }
 
     /// Applies `patch`, carried by the record at `lsn`, wholly, bumping the
     /// serial, or changes nothing and says which op failed.
     pub fn apply_patch(&mut self, lsn: u64, patch: &Patch) -> Result<(), StateError> {
-        let (doc, doc_bytes) = self.patched(patch)?;
-        self.doc = doc;
-        self.doc_bytes = doc_bytes;
+        self.patch(patch)?;
         self.serial += 1;
         self.lsn = lsn;
         Ok(())
     }
 
-    /// The document after `patch`, with its length. Each op is bounded
-    /// before it runs: the depth it can create, and for `add`, `replace` and
-    /// `copy` the bytes it adds. Additions are summed without crediting
-    /// removals, so one patch can add at most DOC_BYTES_MAX; the result is
-    /// then measured exactly.
-    fn patched(&self, patch: &Patch) -> Result<(Value, usize), StateError> {
-        if patch.len() > PATCH_OPS_MAX {
-            let (what, len, max) = ("patch ops", patch.len(), PATCH_OPS_MAX);
-            return Err(StateError::RequestTooLarge { what, len, max });
-        }
-        let mut doc = self.doc.clone();
-        let mut added_bytes = 0usize;
-        for (op_index, op) in patch.iter().enumerate() {
-            let too_large = |what| StateError::PatchTooLarge { op_index, what };
-            let (inserted, counts_bytes) = match op {
-                PatchOperation::Add(a) => (Some(&a.value), true),
-                PatchOperation::Replace(r) => (Some(&r.value), true),
-                PatchOperation::Copy(c) => {
-                    (Some(resolve_from(&doc, op_index, c.from.as_str())?), true)
-                }
-                PatchOperation::Move(m) => {
-                    (Some(resolve_from(&doc, op_index, m.from.as_str())?), false)
-                }
-                PatchOperation::Remove(_) | PatchOperation::Test(_) => (None, false),
-            };
-            if let Some(value) = inserted {
-                let room = DOC_DEPTH_MAX.checked_sub(op.path().count());
-                room.and_then(|room| depth_capped(value, room))
-                    .ok_or(too_large("document depth"))?;
-                if counts_bytes {
-                    let cap = DOC_BYTES_MAX - added_bytes;
-                    added_bytes +=
-                        encoded_len_capped(value, cap).ok_or(too_large("document bytes"))?;
-                }
+    /// Runs `patch` on the document in place, or puts the old root back.
+    fn patch(&mut self, patch: &Patch) -> Result<(), StateError> {
+        let saved = self.doc.clone();
+        match patch_in_place(&mut self.doc, patch) {
+            Ok(doc_bytes) => {
+                self.doc_bytes = doc_bytes;
+                Ok(())
             }
-            json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
-                StateError::Patch {
-                    op_index,
-                    message: format!("{} (path {:?})", e.kind, e.path.as_str()),
-                }
-            })?;
+            Err(e) => {
+                self.doc = saved;
+                Err(e)
+            }
         }
-        let too_large = StateError::PatchTooLarge {
-            op_index: patch.len(),
-            what: "document bytes",
-        };
-        let doc_bytes = encoded_len_capped(&doc, DOC_BYTES_MAX).ok_or(too_large)?;
-        Ok((doc, doc_bytes))
     }
 }
 
-/// The value a `copy` or `move` reads. A missing source is reported here, as
-/// json-patch would report it, because its size must be known first.
-fn resolve_from<'a>(doc: &'a Value, op_index: usize, from: &str) -> Result<&'a Value, StateError> {
+/// Applies `patch` to `doc` op by op and returns the new length; on `Err`
+/// `doc` is partly changed and the caller restores it. Each op is bounded
+/// before it runs: the depth it can create, and for `add`, `replace` and
+/// `copy` the bytes it adds. Additions are summed without crediting
+/// removals, so one patch can add at most DOC_BYTES_MAX; the result, whose
+/// length the tree keeps exact, is then checked too.
+fn patch_in_place(doc: &mut Node, patch: &Patch) -> Result<usize, StateError> {
+    if patch.len() > PATCH_OPS_MAX {
+        let (what, len, max) = ("patch ops", patch.len(), PATCH_OPS_MAX);
+        return Err(StateError::RequestTooLarge { what, len, max });
+    }
+    let mut added_bytes = 0usize;
+    for (op_index, op) in patch.iter().enumerate() {
+        let too_large = |what| StateError::PatchTooLarge { op_index, what };
+        let room = DOC_DEPTH_MAX.checked_sub(op.path().count());
+        let cap = DOC_BYTES_MAX - added_bytes;
+        // Whether what the op inserts fits the depth left below its path,
+        // and the bytes it adds (None: over the cap).
+        let (depth_fits, bytes) = match op {
+            PatchOperation::Add(AddOperation { value, .. })
+            | PatchOperation::Replace(ReplaceOperation { value, .. }) => (
+                room.and_then(|room| depth_capped(value, room)).is_some(),
+                Some(encoded_len_capped(value, cap)),
+            ),
+            PatchOperation::Copy(c) => {
+                let from = resolve_from(doc, op_index, c.from.as_str())?;
+                let len = from.encoded_len();
+                let fits = room.is_some_and(|room| from.depth() <= room);
+                (fits, Some((len <= cap).then_some(len)))
+            }
+            PatchOperation::Move(m) => {
+                let from = resolve_from(doc, op_index, m.from.as_str())?;
+                (room.is_some_and(|room| from.depth() <= room), None)
+            }
+            PatchOperation::Remove(_) | PatchOperation::Test(_) => (true, None),
+        };
+        if !depth_fits {
+            return Err(too_large("document depth"));
+        }
+        if let Some(bytes) = bytes {
+            added_bytes += bytes.ok_or(too_large("document bytes"))?;
+        }
+        doc::apply(doc, op).map_err(|kind| StateError::Patch {
+            op_index,
+            message: format!("{kind} (path {:?})", op.path().as_str()),
+        })?;
+    }
+    match doc.encoded_len() {
+        len if len <= DOC_BYTES_MAX => Ok(len),
+        _ => Err(StateError::PatchTooLarge {
+            op_index: patch.len(),
+            what: "document bytes",
+        }),
+    }
+}
+
+/// The value a `copy` or `move` reads. A missing source is reported here,
+/// naming the `from` path, because its size must be known first.
+fn resolve_from<'a>(doc: &'a Node, op_index: usize, from: &str) -> Result<&'a Node, StateError> {
     doc.pointer(from).ok_or_else(|| StateError::Patch {
         op_index,
         message: format!("\"from\" path is invalid (path {from:?})"),
@@ -226,7 +253,8 @@ fn resolve_from<'a>(doc: &'a Value, op_index: usize, from: &str) -> Result<&'a V
 }
 
 /// The persisted form: the document as compact JSON text (bincode cannot
-/// carry a `Value`; serde_json's maps are sorted, so the text is canonical).
+/// carry a self-describing value; keys are in byte order, so the text is
+/// canonical, and the same text a `serde_json::Value` would give).
 #[derive(Serialize, Deserialize)]
 struct ConfigRepr {
     doc_json: String,
@@ -260,14 +288,20 @@ impl<'de> Deserialize<'de> for ConfigState {
                 "config serial and the LSN of its last change disagree",
             ));
         }
-        let doc: Value = serde_json::from_str(&repr.doc_json).map_err(D::Error::custom)?;
-        if depth_capped(&doc, DOC_DEPTH_MAX).is_none() {
+        // Straight into the tree: serde_json bounds the recursion (128),
+        // and the tree knows its depth and length once built.
+        let doc: Node = serde_json::from_str(&repr.doc_json).map_err(D::Error::custom)?;
+        if doc.depth() > DOC_DEPTH_MAX {
             return Err(D::Error::custom(
                 "config document deeper than DOC_DEPTH_MAX",
             ));
         }
-        let doc_bytes = encoded_len_capped(&doc, DOC_BYTES_MAX)
-            .ok_or_else(|| D::Error::custom("config document longer than DOC_BYTES_MAX"))?;
+        let doc_bytes = doc.encoded_len();
+        if doc_bytes > DOC_BYTES_MAX {
+            return Err(D::Error::custom(
+                "config document longer than DOC_BYTES_MAX",
+            ));
+        }
         Ok(ConfigState {
             doc,
             serial: repr.serial,
@@ -280,6 +314,7 @@ impl<'de> Deserialize<'de> for ConfigState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::doc::tests::arb_op;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -297,8 +332,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.serial(), 1);
-        assert_eq!(c.get("/nodes/n1"), Some(&json!(1)));
-        assert_eq!(c.get(""), Some(&json!({"nodes": {"n1": 1}})));
+        assert_eq!(c.get("/nodes/n1").map(Node::to_value), Some(json!(1)));
+        assert_eq!(
+            c.get("").map(Node::to_value),
+            Some(json!({"nodes": {"n1": 1}}))
+        );
         assert_eq!(c.get("nodes"), None);
         assert_eq!(c.doc_bytes(), serde_json::to_string(c.doc()).unwrap().len());
     }
@@ -431,33 +469,6 @@ mod tests {
         }
     }
 
-    fn arb_op() -> impl Strategy<Value = Value> {
-        let path = prop_oneof![
-            Just("/a"),
-            Just("/b"),
-            Just("/a/x"),
-            Just("/b/0"),
-            Just("/c")
-        ];
-        let value = prop_oneof![
-            Just(json!(1)),
-            Just(json!({})),
-            Just(json!([])),
-            Just(json!("s"))
-        ];
-        let kind = prop_oneof![
-            Just("add"),
-            Just("remove"),
-            Just("replace"),
-            Just("test"),
-            Just("copy"),
-            Just("move")
-        ];
-        (kind, path.clone(), path, value).prop_map(
-            |(op, path, from, value)| json!({"op": op, "path": path, "from": from, "value": value}),
-        )
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -474,7 +485,7 @@ mod tests {
                 let _ = c.apply_patch(1, &patch(json!([op])));
             }
             let before = c.clone();
-            let mut expected = c.doc().clone();
+            let mut expected = c.doc().to_value();
             let mut first_failure = None;
             for (i, op) in ops.iter().enumerate() {
                 if json_patch::patch(&mut expected, &patch(json!([op]))).is_err() {
@@ -485,7 +496,9 @@ mod tests {
             match c.apply_patch(1, &patch(Value::Array(ops))) {
                 Ok(()) => {
                     prop_assert_eq!(first_failure, None);
-                    prop_assert_eq!(c.doc(), &expected);
+                    prop_assert_eq!(c.doc().to_value(), expected);
+                    let text = serde_json::to_string(c.doc()).unwrap();
+                    prop_assert_eq!(c.doc_bytes(), text.len());
                     prop_assert_eq!(c.serial(), before.serial() + 1);
                 }
                 Err(StateError::Patch { op_index, .. }) => {

@@ -762,7 +762,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use json_patch::Patch;
     use proptest::prelude::*;
@@ -852,6 +852,28 @@ mod tests {
         assert_caches_exact(&doc);
     }
 
+    #[test]
+    fn a_change_copies_only_its_path() {
+        // Invariant: every container a change did not touch is still the
+        // very node the clone taken before it holds (shared, not copied),
+        // in a big (imbl) object as in a small one.
+        let big: serde_json::Map<String, Value> = (0..200)
+            .map(|i| (format!("k{i}"), json!({"v": i})))
+            .collect();
+        let mut doc = Node::from_value(&json!({"big": big, "other": {"x": [1]}}));
+        let before = doc.clone();
+        let op: PatchOperation =
+            serde_json::from_value(json!({"op": "add", "path": "/big/k7/v", "value": 0})).unwrap();
+        apply(&mut doc, &op).unwrap();
+        let shared = |p: &str| match (before.pointer(p), doc.pointer(p)) {
+            (Some(Node::Object(a)), Some(Node::Object(b))) => Arc::ptr_eq(a, b),
+            other => panic!("{p}: {other:?}"),
+        };
+        assert!(shared("/other") && shared("/big/k8") && shared("/big/k150"));
+        assert!(!shared("/big/k7") && !shared("/big") && !shared(""));
+        assert_caches_exact(&doc);
+    }
+
     fn arb_scalar() -> impl Strategy<Value = Value> {
         prop_oneof![
             Just(Value::Null),
@@ -914,7 +936,8 @@ mod tests {
             .prop_map(|t| t.iter().map(|t| format!("/{t}")).collect::<String>())
     }
 
-    fn arb_op() -> impl Strategy<Value = Value> {
+    /// One op as JSON: any kind, paths that often hit, small values.
+    pub(crate) fn arb_op() -> impl Strategy<Value = Value> {
         let kind = prop_oneof![
             Just("add"),
             Just("remove"),

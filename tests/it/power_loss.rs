@@ -75,7 +75,7 @@ struct Model {
 impl Model {
     fn of(state: &State) -> Model {
         Model {
-            doc: state.config().doc().clone(),
+            doc: state.config().doc().to_value(),
             serial: state.config().serial(),
             holders: state
                 .locks()
@@ -149,7 +149,7 @@ fn observe_every_sync(
                 .map(|(_, h)| h.token);
             seen.push(Observation {
                 config_token,
-                doc: state.config().doc().clone(),
+                doc: state.config().doc().to_value(),
             });
             drop(pause);
             if done.load(Ordering::SeqCst) {

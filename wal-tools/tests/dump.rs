@@ -344,7 +344,7 @@ fn expected(state: &State) -> (Value, u64, Value) {
         locks.insert(name.to_string(), Value::Object(h));
     }
     (
-        state.config().doc().clone(),
+        state.config().doc().to_value(),
         state.config().serial(),
         Value::Object(locks),
     )
