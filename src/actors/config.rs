@@ -3,17 +3,19 @@
 //!
 //! The copy changes only by [`Publish`], which the lock actor sends for each
 //! config record it applied, in LSN order, before it takes its next message.
-//! A read answers only once the LSN of the last change it shows is durable
-//! (G4), so it never shows a change a crash could take back.
+//! It carries the lock actor's `ConfigState` as of that record: an O(1)
+//! clone of a shared tree, so the patch is not applied a second time here
+//! and the two copies cannot diverge. A read answers only once the LSN of
+//! the last change it shows is durable (G4), so it never shows a change a
+//! crash could take back.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::Serialize;
 
-use super::{durable_wait_failed, fail_stop, Reply, CONFIG_MAILBOX_MAX};
+use super::{durable_wait_failed, Reply, CONFIG_MAILBOX_MAX};
 use crate::api::error::ApiError;
-use crate::state::config::parse_patch;
 use crate::state::doc::Node;
 use crate::state::ConfigState;
 use crate::wal::Wal;
@@ -47,12 +49,12 @@ impl Actor for ConfigActor {
     }
 }
 
-/// A config record the lock actor applied at `lsn`.
+/// The document as the lock actor left it after applying the config record
+/// at `config.lsn()`. Not yet durable: reads wait for that LSN.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish {
-    pub lsn: u64,
-    pub patch_json: String,
+    pub config: ConfigState,
 }
 
 super::mailbox::countable!(ConfigActor: Publish);
@@ -61,18 +63,11 @@ impl Handler<Publish> for ConfigActor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) {
-        // The same patch already applied to the same document in the lock
-        // actor's state, so failing here means the copies diverged: a bug
-        // that must not be served.
         assert!(
-            msg.lsn > self.config.lsn(),
+            msg.config.lsn() > self.config.lsn(),
             "config records out of LSN order"
         );
-        let applied =
-            parse_patch(&msg.patch_json).and_then(|p| self.config.apply_patch(msg.lsn, &p));
-        if let Err(e) = applied {
-            fail_stop(&format!("config copy diverged at LSN {}: {e}", msg.lsn));
-        }
+        self.config = msg.config;
     }
 }
 

@@ -179,8 +179,10 @@ impl LockActor {
         }
         let lsn = self.state.next_lsn();
         let applied = self.state.apply(lsn, &record)?;
-        if let Record::ConfigWrite { patch_json, .. } = record {
-            step.publishes.push(Publish { lsn, patch_json });
+        if let Record::ConfigWrite { .. } = record {
+            // O(1): the document's tree is shared, not copied.
+            let config = self.state.config().clone();
+            step.publishes.push(Publish { config });
         }
         if step.frames.is_empty() {
             step.first_lsn = lsn;
