@@ -204,6 +204,11 @@ impl Client {
         self.post("/v1/config/write", req)
     }
 
+    /// `POST /v1/admin/snapshot`: answers once the snapshot is durable.
+    pub fn snapshot(&self) -> Result<SnapshotTaken, ClientError> {
+        self.post("/v1/admin/snapshot", &serde_json::json!({}))
+    }
+
     pub fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, ClientError> {
         self.post("/v1/config/txn", req)
     }

@@ -12,8 +12,20 @@ use serde::Serialize;
 /// claims a longer string or sequence fails instead of allocating.
 pub const DECODE_BYTES_MAX: usize = 64 << 20;
 
+/// The largest snapshot body the decoder will allocate for: a whole
+/// `State` (a config document of 100 MB and more, the dedup table's
+/// 256 MiB budget, the lock and session tables) in one value. Records keep
+/// the small cap above; only `decode_snapshot` uses this one.
+pub const SNAPSHOT_DECODE_BYTES_MAX: usize = 2 << 30;
+
+const _: () = assert!(SNAPSHOT_DECODE_BYTES_MAX > DECODE_BYTES_MAX);
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_BYTES_MAX>()
+}
+
+fn snapshot_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<SNAPSHOT_DECODE_BYTES_MAX>()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,11 +63,20 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::TrailingBytes {
-            used,
-            len: bytes.len(),
-        });
+    whole(value, used, bytes.len())
+}
+
+/// Decodes a snapshot body, under `SNAPSHOT_DECODE_BYTES_MAX` instead of the
+/// record cap; trailing bytes are an error here too.
+pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, snapshot_config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    whole(value, used, bytes.len())
+}
+
+fn whole<T>(value: T, used: usize, len: usize) -> Result<T, CodecError> {
+    if used != len {
+        return Err(CodecError::TrailingBytes { used, len });
     }
     Ok(value)
 }

@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod replay;
 #[cfg(feature = "daemon")]
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod wal;

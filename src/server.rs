@@ -16,14 +16,15 @@ use nix::sys::stat::{umask, Mode};
 use tokio::sync::oneshot;
 
 use crate::actors::config::ConfigActor;
-use crate::actors::lock::{LockActor, Shutdown};
+use crate::actors::lock::{LockActor, Shutdown, SnapshotPolicy};
 use crate::actors::mailbox::Mailbox;
 use crate::actors::wal::WalActor;
 use crate::api::guard::Gate;
 use crate::api::{self, Handles};
 use crate::auth::{read_token_file, Token};
 use crate::metrics::{MailboxOf, Metrics};
-use crate::replay::{encode_record, replay};
+use crate::replay::{encode_record, recover_state, Progress, ReplayError};
+use crate::snapshot::writer::SnapshotWriter;
 use crate::state::{LockOrder, Record, State};
 use crate::wal::storage::Storage;
 use crate::wal::{Recovered, RecoveryMode, Wal, WalError, WalOptions};
@@ -69,6 +70,8 @@ pub struct DaemonOptions {
     pub auth_token_file: Option<PathBuf>,
     /// Serve a non-loopback `listen` address without a token.
     pub insecure: bool,
+    /// When to take snapshots without being asked.
+    pub snapshot_policy: SnapshotPolicy,
 }
 
 impl Default for DaemonOptions {
@@ -85,6 +88,7 @@ impl Default for DaemonOptions {
             socket_group: None,
             auth_token_file: None,
             insecure: false,
+            snapshot_policy: SnapshotPolicy::default(),
         }
     }
 }
@@ -118,6 +122,14 @@ fn wal_error(e: WalError) -> StartError {
         WalError::Corrupted { .. } | WalError::UnsupportedVersion { .. } => exit::CORRUPT,
         WalError::InvalidOptions(_) => exit::USAGE,
         _ => exit::START,
+    };
+    StartError::new(code, e.to_string())
+}
+
+fn replay_error(e: ReplayError) -> StartError {
+    let code = match &e {
+        ReplayError::Snapshot(crate::snapshot::SnapshotError::Io { .. }) => exit::START,
+        _ => exit::CORRUPT,
     };
     StartError::new(code, e.to_string())
 }
@@ -195,7 +207,14 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
     let order = lock_order(&opts)?;
     let (wal, recovered) = Wal::open(&opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
     let metrics = web::Data::new(Metrics::new());
-    let state = prepare(&opts, order, &wal, recovered, &metrics)?;
+    let state = prepare(
+        &opts,
+        order,
+        &wal,
+        recovered,
+        &metrics,
+        &Progress::default(),
+    )?;
     let wal = Arc::new(wal);
     let served = serve(
         &opts,
@@ -323,6 +342,7 @@ fn prepare(
     wal: &Wal,
     recovered: Recovered,
     metrics: &Metrics,
+    progress: &Progress,
 ) -> Result<State, StartError> {
     let report = &recovered.report;
     tracing::info!(
@@ -335,14 +355,15 @@ fn prepare(
         "recovered the log"
     );
     // A cut was already logged, with every detail, by wal::recovery.
-    let replay_started = std::time::Instant::now();
-    let (mut state, stats) =
-        replay(&recovered).map_err(|e| StartError::new(exit::CORRUPT, e.to_string()))?;
-    metrics.recovered(report.elapsed + replay_started.elapsed(), stats.records);
+    let (mut state, recovery) =
+        recover_state(wal.storage().as_ref(), wal.dir(), &recovered, progress)
+            .map_err(replay_error)?;
+    metrics.recovered(report.elapsed + recovery.elapsed, recovery.replay.records);
     drop(recovered);
     tracing::info!(
-        records = stats.records,
-        skipped = stats.skipped,
+        records = recovery.replay.records,
+        skipped = recovery.replay.skipped,
+        ms = recovery.replay_elapsed.as_millis() as u64,
         lsn = state.applied_lsn(),
         "replayed"
     );
@@ -429,6 +450,8 @@ fn serve(
             WalActor::new(wal_for_actor)
         });
         let config = ConfigActor::new(state.config().clone(), config_lsn, wal.clone()).start();
+        let snapshot_writer = SnapshotWriter::start(wal.clone())
+            .map_err(|e| StartError::new(exit::START, format!("start the snapshot writer: {e}")))?;
         let lock = LockActor::new(
             state,
             wal.clone(),
@@ -436,6 +459,7 @@ fn serve(
             config.clone(),
             metrics.clone().into_inner(),
         )
+        .with_snapshots(snapshot_writer, opts.snapshot_policy)
         .start();
         metrics.watch_wal(wal.clone());
         let gate = Gate {
@@ -623,7 +647,7 @@ pub fn start_in_process(
     let (wal, recovered) =
         Wal::open_with(storage, &opts.data_dir, wal_options(opts)).map_err(wal_error)?;
     let metrics = web::Data::new(Metrics::new());
-    let state = prepare(opts, order, &wal, recovered, &metrics)?;
+    let state = prepare(opts, order, &wal, recovered, &metrics, &Progress::default())?;
     let wal = Arc::new(wal);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();

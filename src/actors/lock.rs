@@ -23,15 +23,17 @@ use super::{durable_wait_failed, fail_stop, Reply, LOCK_MAILBOX_MAX};
 use crate::api::error::ApiError;
 use crate::api::types::{
     AcquireResponse, HolderView, LockSpec, LocksView, ReleaseResponse, SessionCreated, SessionList,
-    SessionView, Status, TxnResponse, WaiterView, WriteResponse,
+    SessionView, SnapshotTaken, Status, TxnResponse, WaiterView, WriteResponse,
 };
 use crate::metrics::{MailboxOf, Metrics};
 use crate::replay::encode_record;
+use crate::snapshot::writer::{Done, Job, SnapshotWriter};
+use crate::snapshot::SnapshotError;
 use crate::state::{
     CloseReason, GrantPass, LockMode, LockRequest, Outcome, Record, Requester, SessionId, State,
     StateError, Waiter, WaiterId, CONFIG_LOCK,
 };
-use crate::wal::Wal;
+use crate::wal::{Wal, WalError};
 
 /// The longest a request may wait for locks or for the config lock.
 pub const WAIT_MS_MAX: u64 = 3_600_000;
@@ -46,6 +48,45 @@ pub const EXPIRY_TICK_MS: u64 = 100;
 /// Sessions whose lease ran out that this daemon remembers (by id only), so
 /// a late `write` from one answers "lock not held" rather than "unknown".
 pub const EXPIRED_REMEMBERED_MAX: usize = 65_536;
+/// Snapshot requests waiting for the next snapshot while one is being
+/// written, at most; past it they are answered 503 with `Retry-After`.
+pub const SNAPSHOT_REQUESTS_MAX: usize = 64;
+
+/// When the lock actor takes a snapshot by itself: after this many records
+/// or this many bytes of frames since the last one, whichever comes first
+/// (0 turns that trigger off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    pub every_records: u64,
+    pub every_bytes: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> SnapshotPolicy {
+        SnapshotPolicy {
+            every_records: 100_000,
+            every_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The snapshot side of the lock actor: at most one snapshot in flight.
+/// A request arriving meanwhile waits for the NEXT snapshot (started as
+/// soon as this one is done), so its answer covers everything applied
+/// before it was asked.
+struct Snapshots {
+    writer: SnapshotWriter,
+    policy: SnapshotPolicy,
+    in_flight: Option<InFlight>,
+    next: Vec<Reply<SnapshotTaken>>,
+    records_since: u64,
+    bytes_since: u64,
+}
+
+struct InFlight {
+    stall: Duration,
+    waiters: Vec<Reply<SnapshotTaken>>,
+}
 
 type Answer = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
 
@@ -118,6 +159,7 @@ pub struct LockActor {
     /// `EXPIRED_REMEMBERED_MAX`; live only (a restart forgets them).
     expired: VecDeque<SessionId>,
     expired_set: HashSet<SessionId>,
+    snapshots: Option<Snapshots>,
 }
 
 impl LockActor {
@@ -141,7 +183,22 @@ impl LockActor {
             metrics,
             expired: VecDeque::new(),
             expired_set: HashSet::new(),
+            snapshots: None,
         }
+    }
+
+    /// Enables snapshots: on `TakeSnapshot` and by `policy`, written by
+    /// `writer` (which must write for this actor's log).
+    pub fn with_snapshots(mut self, writer: SnapshotWriter, policy: SnapshotPolicy) -> LockActor {
+        self.snapshots = Some(Snapshots {
+            writer,
+            policy,
+            in_flight: None,
+            next: Vec::new(),
+            records_since: 0,
+            bytes_since: 0,
+        });
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -218,6 +275,11 @@ impl LockActor {
             return;
         }
         let count = frames.len() as u64;
+        let frame_bytes: u64 = frames
+            .iter()
+            .map(|(_, p)| crate::wal::format::frame_bytes(p.len()) as u64)
+            .sum();
+        self.logged(count, frame_bytes, ctx);
         let config = self.config.clone();
         let wal_actor = self.wal_actor.clone();
         let (config_depth, wal_depth) = (
@@ -260,6 +322,98 @@ impl LockActor {
                 answers.into_iter().for_each(|a| a(Ok(())));
             });
         }));
+    }
+
+    /// Counts what a step logged towards the next automatic snapshot, and
+    /// starts one when the policy says so.
+    fn logged(&mut self, records: u64, bytes: u64, ctx: &mut Context<Self>) {
+        let Some(snap) = self.snapshots.as_mut() else {
+            return;
+        };
+        snap.records_since += records;
+        snap.bytes_since += bytes;
+        let due = |every: u64, since: u64| every > 0 && since >= every;
+        if snap.in_flight.is_none()
+            && (due(snap.policy.every_records, snap.records_since)
+                || due(snap.policy.every_bytes, snap.bytes_since))
+        {
+            self.start_snapshot(Vec::new(), ctx);
+        }
+    }
+
+    /// Hands a copy of the state at the applied LSN to the snapshot writer.
+    /// The copy is the only work done here (the tables are persistent maps,
+    /// so it is cheap); the writer waits for the LSN to be durable, writes
+    /// and collects on its own thread.
+    fn start_snapshot(&mut self, waiters: Vec<Reply<SnapshotTaken>>, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let copy = self.state.snapshot_copy();
+        let Some(snap) = self.snapshots.as_mut() else {
+            return;
+        };
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let job = Job {
+            state: copy,
+            done: Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        };
+        if let Err(e) = snap.writer.submit(job) {
+            for reply in waiters {
+                let _ = reply.send(Err(ApiError::unavailable(e.to_string())));
+            }
+            return;
+        }
+        snap.records_since = 0;
+        snap.bytes_since = 0;
+        let stall = started.elapsed();
+        snap.in_flight = Some(InFlight { stall, waiters });
+        let done = async move { rx.await.unwrap_or(Err(SnapshotError::Stopped)) };
+        ctx.spawn(
+            done.into_actor(self)
+                .map(|result, act, ctx| act.snapshot_done(result, ctx)),
+        );
+    }
+
+    fn snapshot_done(&mut self, result: Result<Done, SnapshotError>, ctx: &mut Context<Self>) {
+        let Some(snap) = self.snapshots.as_mut() else {
+            return;
+        };
+        let Some(in_flight) = snap.in_flight.take() else {
+            return;
+        };
+        let answer = match &result {
+            Ok(done) => {
+                self.metrics.snapshot_written(done.total, done.written.lsn);
+                tracing::info!(
+                    lsn = done.written.lsn,
+                    stall_us = in_flight.stall.as_micros() as u64,
+                    total_ms = done.total.as_millis() as u64,
+                    "snapshot durable"
+                );
+                Ok(SnapshotTaken {
+                    lsn: done.written.lsn,
+                    path: done.written.path.display().to_string(),
+                    bytes: done.written.bytes,
+                    duration_ms: done.total.as_millis() as u64,
+                    stall_us: in_flight.stall.as_micros() as u64,
+                    snapshots_removed: done.collected.snapshots.len() as u64,
+                    segments_removed: done.collected.segments.len() as u64,
+                })
+            }
+            Err(e @ SnapshotError::Wal(WalError::Poisoned { .. })) => fail_stop(e),
+            Err(e) => Err(ApiError::new(500, "snapshot_failed", e.to_string())),
+        };
+        for reply in in_flight.waiters {
+            let _ = reply.send(answer.clone());
+        }
+        if !snap.next.is_empty() {
+            let next = std::mem::take(&mut snap.next);
+            self.start_snapshot(next, ctx);
+        } else {
+            // Records logged while this one was written may already be due.
+            self.logged(0, 0, ctx);
+        }
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -581,6 +735,12 @@ request!(Txn -> TxnResponse {
     request_id: Option<String>,
 });
 request!(GetStatus -> Status {});
+request!(
+    /// Writes a snapshot of the state as of now and answers once it is
+    /// durable. While one is being written, waits for the next one. This
+    /// is also the call a clean shutdown makes.
+    TakeSnapshot -> SnapshotTaken {}
+);
 
 impl Handler<CreateSession> for LockActor {
     type Result = ();
@@ -1046,5 +1206,27 @@ impl Handler<Shutdown> for LockActor {
             let _ = txn.reply.send(Err(ApiError::shutting_down()));
         }
         self.state.applied_lsn()
+    }
+}
+
+impl Handler<TakeSnapshot> for LockActor {
+    type Result = ();
+
+    fn handle(&mut self, m: TakeSnapshot, ctx: &mut Self::Context) {
+        let Some(snap) = self.snapshots.as_mut() else {
+            let _ = m.reply.send(Err(ApiError::unavailable(
+                "snapshots are not enabled in this server",
+            )));
+            return;
+        };
+        if snap.in_flight.is_none() {
+            self.start_snapshot(vec![m.reply], ctx);
+        } else if snap.next.len() < SNAPSHOT_REQUESTS_MAX {
+            snap.next.push(m.reply);
+        } else {
+            let _ = m
+                .reply
+                .send(Err(ApiError::busy("the snapshot request queue")));
+        }
     }
 }

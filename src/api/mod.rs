@@ -103,7 +103,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/config", web::get().to(get_config))
         .route("/v1/config/write", web::post().to(write))
         .route("/v1/config/txn", web::post().to(txn))
-        .route("/v1/config/{path:.*}", web::get().to(get_config_path));
+        .route("/v1/config/{path:.*}", web::get().to(get_config_path))
+        .route("/v1/admin/snapshot", web::post().to(admin_snapshot));
 }
 
 /// Unknown routes and methods answer in the API's error format.
@@ -330,4 +331,9 @@ async fn txn(h: web::Data<Handles>, body: web::Json<TxnRequest>) -> Result<HttpR
     })
     .await?;
     Ok(ok(done))
+}
+
+/// Answers once the snapshot is durable (and old files are collected).
+async fn admin_snapshot(h: web::Data<Handles>) -> Result<HttpResponse, ApiError> {
+    Ok(ok(ask(&h.lock, |reply| lock::TakeSnapshot { reply }).await?))
 }

@@ -219,3 +219,20 @@ pub struct Status {
     pub fsync_last_us: u64,
     pub fsync_p99_us: u64,
 }
+
+/// `POST /v1/admin/snapshot`: the snapshot that is now durable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotTaken {
+    /// The state in the snapshot is the state after this LSN.
+    pub lsn: u64,
+    pub path: String,
+    pub bytes: u64,
+    /// From the hand-over to the snapshot being durable (waiting for its LSN
+    /// to be durable in the log, encoding, writing, fsyncs).
+    pub duration_ms: u64,
+    /// How long the lock actor stopped for the hand-over (copying the state).
+    pub stall_us: u64,
+    /// Old snapshots and segments deleted after it was durable.
+    pub snapshots_removed: u64,
+    pub segments_removed: u64,
+}

@@ -77,6 +77,14 @@ pub struct Args {
     /// queue past this is answered 503 with Retry-After (backpressure).
     #[arg(long, env = "WCONF_WAL_QUEUE_MAX", default_value_t = crate::wal::QUEUE_LEN_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub wal_queue_max: u64,
+    /// Take a snapshot after this many records since the last one (0: never
+    /// by count).
+    #[arg(long, env = "WCONF_SNAPSHOT_EVERY_RECORDS", default_value_t = 100_000)]
+    pub snapshot_every_records: u64,
+    /// Take a snapshot after this many bytes of log since the last one
+    /// (suffixes accepted; 0: never by size).
+    #[arg(long, env = "WCONF_SNAPSHOT_EVERY_BYTES", default_value = "256MiB", value_parser = server::parse_bytes)]
+    pub snapshot_every_bytes: u64,
     /// Log line format on stderr: text or json. RUST_LOG filters.
     #[arg(long, env = "WCONF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -112,6 +120,10 @@ impl Args {
             socket_group: self.socket_group,
             auth_token_file: self.auth_token_file,
             insecure: self.insecure,
+            snapshot_policy: crate::actors::lock::SnapshotPolicy {
+                every_records: self.snapshot_every_records,
+                every_bytes: self.snapshot_every_bytes,
+            },
         })
     }
 }
@@ -199,8 +211,8 @@ mod tests {
             }
             let value = match flag.as_str() {
                 "recovery-mode" => "\"strict\"",
-                "segment-size" | "max-body" => "\"1MiB\"",
-                "wal-queue-max" => "8",
+                "segment-size" | "max-body" | "snapshot-every-bytes" => "\"1MiB\"",
+                "wal-queue-max" | "snapshot-every-records" => "8",
                 "log-format" => "\"json\"",
                 "insecure" => "true",
                 _ => "\"x\"",

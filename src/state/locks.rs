@@ -264,6 +264,15 @@ fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), StateErro
 }
 
 impl LockTable {
+    /// The persisted part only (holders); no waiters, no lock order.
+    pub(crate) fn persisted_copy(&self) -> LockTable {
+        LockTable {
+            held: self.held.clone(),
+            by_session: self.by_session.clone(),
+            ..LockTable::default()
+        }
+    }
+
     /// Sets the lock order used by later decisions. Live configuration:
     /// records already granted are not re-checked.
     pub fn set_order(&mut self, order: LockOrder) {

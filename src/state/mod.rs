@@ -903,6 +903,21 @@ impl State {
         self.sessions.grant_grace(now_ms);
     }
 
+    /// A copy of exactly what the log determines (what a snapshot holds):
+    /// the live-only parts (waiters, lock order, lease deadlines) are left
+    /// empty. The tables are persistent maps, so this is cheap: the lock
+    /// actor takes it between two messages and hands it to the snapshot
+    /// writer (see `snapshot::writer`).
+    pub fn snapshot_copy(&self) -> State {
+        State {
+            config: self.config.clone(),
+            locks: self.locks.persisted_copy(),
+            sessions: self.sessions.persisted_copy(),
+            dedup: self.dedup.clone(),
+            ..*self
+        }
+    }
+
     /// A 64-bit FNV-1a hash of the encoded state, equal for equal states
     /// (every map is ordered and the config text is canonical), so tests and
     /// operators can compare a replayed state with a live one cheaply.

@@ -48,6 +48,14 @@ impl PartialEq for Sessions {
 }
 
 impl Sessions {
+    /// The persisted part only: no lease deadlines.
+    pub(crate) fn persisted_copy(&self) -> Sessions {
+        Sessions {
+            open: self.open.clone(),
+            deadlines_ms: Default::default(),
+        }
+    }
+
     pub fn get(&self, session: SessionId) -> Option<&SessionInfo> {
         self.open.get(&session)
     }

@@ -9,10 +9,12 @@
 //! - `recovery`: deciding what a damaged log means, repairing a torn tail,
 //!   and handing the records to replay.
 //! - `writer`: the single writer thread with group commit.
+//! - `gc`: deleting closed segments a durable snapshot covers.
 //!
 //! See `docs/wal-format.md` for the format and the crash cases.
 
 pub mod format;
+pub mod gc;
 pub mod lockfile;
 pub mod reader;
 pub mod recovery;

@@ -8,7 +8,7 @@ use super::format::{
     read_frame, FrameHeader, FrameRead, HeaderError, SegmentHeader, FLAGS_KNOWN, FRAME_ALIGN,
     FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
-use super::segment::parse_segment_name;
+use super::segment::segment_names;
 use super::storage::{ReadView, Storage};
 use super::{Damage, WalError};
 
@@ -22,15 +22,7 @@ pub struct SegmentFile {
 
 /// Lists the segment files of `dir` in LSN order and maps each one.
 pub fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
-    let names = storage
-        .list(dir)
-        .map_err(|e| WalError::io("list", dir, e))?;
-    let mut found: Vec<(u64, String)> = names
-        .into_iter()
-        .filter_map(|n| parse_segment_name(&n).map(|lsn| (lsn, n)))
-        .collect();
-    found.sort();
-    found
+    segment_names(storage, dir)?
         .into_iter()
         .map(|(name_lsn, name)| {
             let path = dir.join(name);

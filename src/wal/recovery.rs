@@ -116,15 +116,34 @@ pub(crate) struct TailSegment {
 impl Recovered {
     /// Every record of the recovered log, in LSN order.
     pub fn records(&self) -> impl Iterator<Item = Result<Record<'_>, WalError>> + '_ {
-        self.segments.iter().flat_map(|(file, end)| {
-            Frames::new(&file.view, *end).map(move |r| {
-                r.map_err(|e| WalError::Corrupted {
-                    segment: file.path.clone(),
-                    offset: e.offset,
-                    lsn: e.lsn,
-                    kind: e.damage,
+        self.records_after(0)
+    }
+
+    /// The records after `lsn`, in LSN order. Segments whose every record
+    /// is at or below `lsn` (the next segment starts at or below `lsn + 1`)
+    /// are not walked at all; within the first segment walked, earlier
+    /// records are read and passed over.
+    pub fn records_after(
+        &self,
+        lsn: u64,
+    ) -> impl Iterator<Item = Result<Record<'_>, WalError>> + '_ {
+        let firsts: Vec<u64> = self.segments.iter().map(|(f, _)| f.name_lsn).collect();
+        let skip = firsts
+            .iter()
+            .skip(1)
+            .take_while(|&&next| next <= lsn.saturating_add(1))
+            .count();
+        self.segments[skip..].iter().flat_map(move |(file, end)| {
+            Frames::new(&file.view, *end)
+                .map(move |r| {
+                    r.map_err(|e| WalError::Corrupted {
+                        segment: file.path.clone(),
+                        offset: e.offset,
+                        lsn: e.lsn,
+                        kind: e.damage,
+                    })
                 })
-            })
+                .filter(move |r| r.as_ref().map_or(true, |r| r.lsn > lsn))
         })
     }
 

@@ -16,21 +16,43 @@ pub const BROKEN_SUFFIX: &str = ".broken";
 const LSN_DIGITS: usize = 20;
 
 pub fn segment_name(first_lsn: u64) -> String {
-    format!("{first_lsn:0LSN_DIGITS$}{SEGMENT_SUFFIX}")
+    lsn_name(first_lsn, SEGMENT_SUFFIX)
 }
 
 /// The first LSN a segment file name claims, or `None` for other files.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    parse_lsn_name(name, SEGMENT_SUFFIX)
+}
+
+/// `<20-digit LSN><suffix>`: the naming scheme of segments and snapshots.
+pub fn lsn_name(lsn: u64, suffix: &str) -> String {
+    format!("{lsn:0LSN_DIGITS$}{suffix}")
+}
+
+/// The LSN of a `<20-digit LSN><suffix>` name, or `None` for other names.
+pub fn parse_lsn_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != LSN_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
 }
 
+/// The segment names in `dir` with their first LSNs, in LSN order.
+pub fn segment_names(storage: &dyn Storage, dir: &Path) -> Result<Vec<(u64, String)>, WalError> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| WalError::io("list", dir, e))?;
+    let mut found: Vec<(u64, String)> = names
+        .into_iter()
+        .filter_map(|n| parse_segment_name(&n).map(|lsn| (lsn, n)))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
 pub fn is_temp_name(name: &str) -> bool {
-    name.strip_suffix(TEMP_SUFFIX)
-        .is_some_and(|d| d.len() == LSN_DIGITS && d.bytes().all(|b| b.is_ascii_digit()))
+    parse_lsn_name(name, TEMP_SUFFIX).is_some()
 }
 
 /// A name for the side file that keeps bytes cut from `segment`: the first

@@ -110,6 +110,9 @@ impl Shared {
 /// A handle to an open WAL. Appends may come from any number of threads.
 pub struct Wal {
     shared: Arc<Shared>,
+    /// The backend the writer writes to; snapshots and segment collection
+    /// use the same one, so `MemStorage` crashes them together.
+    storage: Arc<dyn Storage>,
     options: WalOptions,
     thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
@@ -271,7 +274,7 @@ impl Wal {
             }),
         });
         let writer = Writer {
-            storage,
+            storage: storage.clone(),
             dir: dir.to_path_buf(),
             options: options.clone(),
             shared: shared.clone(),
@@ -287,6 +290,7 @@ impl Wal {
             .map_err(|e| WalError::io("spawn writer thread", dir, e))?;
         Ok(Wal {
             shared,
+            storage,
             options,
             thread: Mutex::new(Some(thread)),
             dir: dir.to_path_buf(),
@@ -419,6 +423,11 @@ impl Wal {
 
     pub fn options(&self) -> &WalOptions {
         &self.options
+    }
+
+    /// The storage backend of this log (shared with its writer thread).
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
     }
 
     pub fn dir(&self) -> &Path {

@@ -92,7 +92,7 @@ impl Daemon {
     }
 
     /// SIGKILL, then everything the daemon wrote to stderr.
-    fn kill_with_stderr(mut self) -> String {
+    pub(crate) fn kill_with_stderr(mut self) -> String {
         let stderr = self.child.stderr.take();
         let pid = Pid::from_raw(self.child.id() as i32);
         kill(pid, Signal::SIGKILL).expect("SIGKILL wconfd");

@@ -23,6 +23,8 @@
 //! - `shutdown`: SIGTERM answers every request, syncs and frees the
 //!   directory; a second signal exits at once; READY=1 and STOPPING=1 reach
 //!   `NOTIFY_SOCKET`.
+//! - `snapshots`: `POST /v1/admin/snapshot`, segment collection, restart
+//!   from a snapshot, fallback from a corrupt one, and refusals.
 //! - `race`: the seed's race, lock and write-with-release under 200 SIGKILLs.
 //! - `wconfctl`: the CLI against the real `wconfd`: its flows, JSON output
 //!   and exit codes.
@@ -40,5 +42,6 @@ mod power_loss;
 mod race;
 mod service;
 mod shutdown;
+mod snapshots;
 mod wal_props;
 mod wconfctl;

@@ -1,0 +1,173 @@
+//! Snapshots against the real `wconfd`: the admin endpoint, segment
+//! collection, restart from a snapshot after SIGKILL, fallback from a
+//! corrupt newest snapshot, and the refusal when nothing valid is left.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use wconf::api::types::*;
+
+use crate::daemon::{refused, start, Daemon};
+
+/// Small segments and no automatic snapshots, so a test decides when
+/// snapshots happen and a few hundred records span several segments.
+const ARGS: &[&str] = &[
+    "--segment-size",
+    "64KiB",
+    "--snapshot-every-records",
+    "0",
+    "--snapshot-every-bytes",
+    "0",
+];
+
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `count` acknowledged transactions of about 2 KB each.
+fn txns(d: &Daemon, from: usize, count: usize) {
+    for i in from..from + count {
+        let patch = json!([{"op": "add", "path": format!("/k{i}"), "value": "v".repeat(2000)}]);
+        let done = d
+            .client
+            .txn(&TxnRequest {
+                patch,
+                if_serial: None,
+                wait_ms: 0,
+                request_id: Some(format!("t{i}")),
+            })
+            .unwrap();
+        assert!(done.applied);
+    }
+}
+
+/// What must survive every restart: the document and the lock table.
+fn observable(d: &Daemon) -> (serde_json::Value, u64, Vec<(String, String, u64)>) {
+    let config = d.client.config().unwrap();
+    let holders = d
+        .client
+        .locks()
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| (h.name, h.session, h.token))
+        .collect();
+    (config.config, config.serial, holders)
+}
+
+/// A daemon with three snapshots taken between batches of writes, a held
+/// lock, and more writes after the last snapshot; returns what it shows.
+fn three_snapshots(dir: &Path) -> (Daemon, Vec<SnapshotTaken>) {
+    let d = start(dir, ARGS);
+    let s = crate::daemon::session(&d.client);
+    let granted = d
+        .client
+        .acquire(&crate::daemon::acquire(
+            &s,
+            vec![crate::daemon::lock("node/a", Mode::Exclusive)],
+            Some("g1"),
+        ))
+        .unwrap();
+    assert!(granted.granted);
+    let mut taken = Vec::new();
+    for round in 0..3 {
+        txns(&d, round * 40, 40);
+        taken.push(d.client.snapshot().unwrap());
+    }
+    txns(&d, 120, 10);
+    (d, taken)
+}
+
+#[test]
+fn admin_snapshot_collects_segments_and_a_restart_keeps_everything() {
+    // Invariant: POST /v1/admin/snapshot answers with a durable snapshot at
+    // the current LSN; two snapshots and the segments back to the older one
+    // are kept; after SIGKILL the daemon restarts from the newest snapshot
+    // plus the tail with every acknowledged change.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (d, taken) = three_snapshots(dir);
+    let status = d.client.status().unwrap();
+    let last = taken.last().unwrap();
+    assert!(last.lsn < status.applied_lsn && last.bytes > 0);
+    assert!(Path::new(&last.path).exists());
+    assert!(
+        taken[1].segments_removed > 0 && taken[2].snapshots_removed == 1,
+        "{taken:?}"
+    );
+    let snaps = files(dir, ".snap");
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    let first_segment = files(dir, ".wal")[0].clone();
+    let first_lsn: u64 = first_segment
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        first_lsn > 1 && first_lsn <= taken[1].lsn + 1,
+        "{first_lsn}"
+    );
+    let before = observable(&d);
+    d.kill();
+    let d = start(dir, ARGS);
+    assert_eq!(observable(&d), before);
+    // A retried request id is still remembered across the snapshot.
+    let again = d
+        .client
+        .txn(&TxnRequest {
+            patch: json!([{"op": "add", "path": "/k0", "value": "other"}]),
+            if_serial: None,
+            wait_ms: 0,
+            request_id: Some("t0".into()),
+        })
+        .unwrap();
+    assert!(again.applied);
+    assert_eq!(observable(&d).0, before.0);
+}
+
+#[test]
+fn a_corrupt_newest_snapshot_falls_back_to_the_older_one() {
+    // Invariant: with the newest snapshot damaged, wconfd starts from the
+    // older one plus a longer replay, warns, and loses nothing.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (d, _) = three_snapshots(dir);
+    let before = observable(&d);
+    d.kill();
+    let newest = files(dir, ".snap").pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    let d = start(dir, ARGS);
+    assert_eq!(observable(&d), before);
+    let stderr = d.kill_with_stderr();
+    assert!(stderr.contains("older snapshot"), "{stderr}");
+}
+
+#[test]
+fn no_valid_snapshot_and_a_collected_log_start_refuse_to_start() {
+    // Invariant: when both snapshots are damaged and the log no longer
+    // starts at LSN 1, wconfd refuses with exit code 4 and says why, rather
+    // than serving a state missing the collected records.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (d, _) = three_snapshots(dir);
+    d.kill();
+    for snap in files(dir, ".snap") {
+        let mut bytes = std::fs::read(&snap).unwrap();
+        bytes[70] ^= 0xff;
+        std::fs::write(&snap, bytes).unwrap();
+    }
+    let (status, stderr) = refused(dir, ARGS);
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("no snapshot that loads"), "{stderr}");
+}
