@@ -578,8 +578,11 @@ async fn shutdown(
     notify(&[sd_notify::NotifyState::Stopping]);
     gate.stop();
     let stopped = |e: MailboxError| StartError::new(exit::START, format!("lock actor: {e}"));
-    lock.send(Shutdown).await.map_err(stopped)?;
+    let waits_ended = lock.send(Shutdown).await;
+    // Stopped whatever the actor answered: the server must never outlive
+    // a failed shutdown (`serve` awaits it).
     handle.stop(true).await;
+    waits_ended.map_err(stopped)?;
     // Requests that passed the gate before it closed were still decided
     // while the server drained; ask again for the last applied LSN.
     let lsn = lock.send(Shutdown).await.map_err(stopped)?;
