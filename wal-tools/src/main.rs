@@ -149,8 +149,9 @@ enum Command {
         format: Format,
     },
     /// The config (with its serial) and lock table as of an LSN, as JSON,
-    /// rebuilt by replaying the log from LSN 1; or the RFC 6902 difference
-    /// between two LSNs.
+    /// rebuilt from the newest snapshot at or below it plus the log after
+    /// that snapshot (or the log from LSN 1), naming the snapshot used; or
+    /// the RFC 6902 difference between two LSNs.
     #[command(after_help = "Examples:\n  wal-dump state ./wconf-data --at 120\n  \
                             wal-dump state ./wconf-data --diff 100 120")]
     State {
