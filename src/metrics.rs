@@ -184,7 +184,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "wconf_snapshot_last_lsn",
-                    "LSN of the newest durable snapshot (0: none).",
+                    "LSN of the newest durable snapshot: the one this start recovered from, or a newer one written since (0: none).",
                 ),
             ),
             recovery_seconds: register(
@@ -262,10 +262,15 @@ impl Metrics {
         self.snapshot_last_lsn.set(lsn as i64);
     }
 
-    /// What this start's recovery did.
-    pub fn recovered(&self, elapsed: Duration, records_replayed: u64) {
+    /// What this start's recovery did; `snapshot_lsn` is the LSN of the
+    /// snapshot it started from, if any, so the gauge of the newest
+    /// snapshot is right from the start.
+    pub fn recovered(&self, elapsed: Duration, records_replayed: u64, snapshot_lsn: Option<u64>) {
         self.recovery_seconds.set(elapsed.as_secs_f64());
         self.recovery_records.set(records_replayed as i64);
+        if let Some(lsn) = snapshot_lsn {
+            self.snapshot_last_lsn.set(lsn as i64);
+        }
     }
 
     /// The scrape body, in the Prometheus text format. Reads the segment

@@ -358,7 +358,12 @@ fn prepare(
     let (mut state, recovery) =
         recover_state(wal.storage().as_ref(), wal.dir(), &recovered, progress)
             .map_err(replay_error)?;
-    metrics.recovered(report.elapsed + recovery.elapsed, recovery.replay.records);
+    let snapshot_lsn = recovery.snapshot.as_ref().map(|(_, lsn, _, _)| *lsn);
+    metrics.recovered(
+        report.elapsed + recovery.elapsed,
+        recovery.replay.records,
+        snapshot_lsn,
+    );
     drop(recovered);
     tracing::info!(
         records = recovery.replay.records,

@@ -481,3 +481,54 @@ fn a_scrape_answers_while_the_lock_actor_is_stuck() {
     assert_eq!(s.value("wconf_lock_wait_seconds_count", &[]), 1.0);
     server.stop().unwrap();
 }
+
+#[test]
+fn snapshots_and_recovery_from_them_show_in_the_metrics() {
+    // Invariant: a snapshot adds one observation of its duration and sets
+    // the newest snapshot LSN to its LSN; a restart from it reports that LSN
+    // and replays exactly the records logged after it.
+    const TAIL: usize = 7;
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon::start(dir.path(), &[]);
+    for i in 0..5 {
+        txn(&d.client, i);
+    }
+    let before = scrape(&d.base);
+    assert_eq!(before.value("wconf_snapshot_last_lsn", &[]), 0.0);
+    let taken = d.client.snapshot().expect("POST /v1/admin/snapshot");
+    let after = scrape(&d.base);
+    assert_eq!(
+        after.value("wconf_snapshot_duration_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(
+        after.value("wconf_snapshot_last_lsn", &[]),
+        taken.lsn as f64
+    );
+    after.check_histograms();
+    for i in 0..TAIL {
+        txn(&d.client, 100 + i);
+    }
+    assert_eq!(
+        scrape(&d.base).value("wconf_wal_durable_lsn", &[]),
+        (taken.lsn + TAIL as u64) as f64,
+        "only the tail's records were logged after the snapshot"
+    );
+    d.kill();
+
+    let d = daemon::start(dir.path(), &[]);
+    let restarted = scrape(&d.base);
+    assert_eq!(
+        restarted.value("wconf_snapshot_last_lsn", &[]),
+        taken.lsn as f64
+    );
+    assert_eq!(
+        restarted.value("wconf_recovery_records_replayed", &[]),
+        TAIL as f64
+    );
+    assert_eq!(
+        restarted.value("wconf_snapshot_duration_seconds_count", &[]),
+        0.0
+    );
+    d.kill();
+}
