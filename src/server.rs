@@ -16,7 +16,7 @@ use nix::sys::stat::{umask, Mode};
 use tokio::sync::oneshot;
 
 use crate::actors::config::ConfigActor;
-use crate::actors::lock::{LockActor, Shutdown, SnapshotPolicy};
+use crate::actors::lock::{LockActor, Shutdown, SnapshotPolicy, TakeSnapshot};
 use crate::actors::mailbox::Mailbox;
 use crate::actors::wal::WalActor;
 use crate::api::guard::Gate;
@@ -571,7 +571,7 @@ fn server_ended(
 ///    they only wait for their group commit now;
 /// 4. wait until everything the lock actor applied is durable (the last
 ///    group commit);
-/// 5. (the final snapshot: not written yet, see below).
+/// 5. write a snapshot of that state ([`final_snapshot`]).
 ///
 /// The caller then closes the log and so releases the directory lock.
 async fn shutdown(
@@ -603,12 +603,33 @@ async fn shutdown(
         Err(e) => return Err(StartError::new(exit::START, e.to_string())),
     }
     tracing::info!(lsn, "every request answered and every record durable");
-    // 5. The final snapshot belongs here, after the last record is durable
-    // and before the log closes, so the next start replays nothing. Issue 5
-    // item 1 adds the snapshot writer and its trigger on the lock actor;
-    // until that lands there is nothing to call, and the next start replays
-    // the whole log (which is always correct, only slower).
+    final_snapshot(lock).await;
     Ok(())
+}
+
+/// Step 5: a snapshot of the final state, so the next start loads it and
+/// replays nothing. A failure is a warning, not an error: the log already
+/// holds every record, and the next start replays it from the previous
+/// snapshot (only slower).
+async fn final_snapshot(lock: &Addr<LockActor>) {
+    let (reply, answer) = oneshot::channel();
+    if lock.send(TakeSnapshot { reply }).await.is_err() {
+        tracing::warn!("no final snapshot: the lock actor is gone");
+        return;
+    }
+    match answer.await {
+        Ok(Ok(taken)) => tracing::info!(
+            lsn = taken.lsn,
+            bytes = taken.bytes,
+            ms = taken.duration_ms,
+            "final snapshot written"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "no final snapshot; the next start replays the log after the previous one"
+        ),
+        Err(_) => tracing::warn!("no final snapshot: the lock actor dropped the request"),
+    }
 }
 
 /// Tells the service manager about a state change when `NOTIFY_SOCKET` is

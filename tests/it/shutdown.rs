@@ -1,7 +1,7 @@
 //! The clean shutdown of the real `wconfd` (issue 5, item 4) and its
 //! service-manager handshake (`sd_notify`, item 5): SIGTERM answers every
-//! request and frees the directory; a second signal exits at once; READY=1
-//! and STOPPING=1 reach a `NOTIFY_SOCKET`.
+//! request, writes the final snapshot and frees the directory; a second
+//! signal exits at once; READY=1 and STOPPING=1 reach a `NOTIFY_SOCKET`.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpStream;
@@ -49,6 +49,14 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The LSN of the newest snapshot file in `dir`.
+fn newest_snapshot(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| wconf::snapshot::parse_snapshot_name(e.ok()?.file_name().to_str()?))
+        .max()
+}
+
 fn txn(path: &str, value: u64) -> TxnRequest {
     TxnRequest {
         patch: json!([{"op": "add", "path": path, "value": value}]),
@@ -77,9 +85,9 @@ fn assert_stopped_answer(who: &str, e: &ClientError) {
 #[test]
 fn sigterm_answers_every_request_then_exits_0_and_frees_the_directory() {
     // Invariant: on SIGTERM every request in flight gets an answer (its own,
-    // or 503 shutting_down; a waiting acquire never hangs), the daemon exits
-    // 0 with the directory lock free, and every acknowledged change is there
-    // on the next start.
+    // or 503 shutting_down; a waiting acquire never hangs), the daemon writes
+    // a snapshot of its last state and exits 0 with the directory lock free,
+    // and every acknowledged change is there on the next start.
     let dir = tempfile::tempdir().unwrap();
     let mut d = start(dir.path(), &[]);
     let holder = session(&d.client);
@@ -145,8 +153,11 @@ fn sigterm_answers_every_request_then_exits_0_and_frees_the_directory() {
     assert_eq!(status.code(), Some(exit::OK), "{status}");
 
     // The directory lock is free: a new daemon starts at once, and holds
-    // every acknowledged write.
+    // every acknowledged write. Its epoch record follows the last record
+    // of the stopped run, which the final snapshot covers.
     let d = start(dir.path(), &[]);
+    let last_lsn = d.client.status().unwrap().applied_lsn - 1;
+    assert_eq!(newest_snapshot(dir.path()), Some(last_lsn));
     let config = d.client.config().unwrap().config;
     for (w, done) in acked.iter().enumerate() {
         for i in done {
@@ -248,6 +259,11 @@ fn a_second_signal_exits_at_once_and_the_log_stays_safe() {
     drop(slow);
 
     let d = start(&data, &[]);
+    let last_lsn = d.client.status().unwrap().applied_lsn - 1;
+    assert!(
+        newest_snapshot(&data) < Some(last_lsn),
+        "a forced stop wrote a snapshot"
+    );
     let config = d.client.config().unwrap();
     assert_eq!(config.serial, *acked.last().unwrap());
     for i in 0..5u64 {
