@@ -101,6 +101,11 @@ pub struct CpuSplit {
     /// Everything else that ran on the machine meanwhile: other processes
     /// and the kernel's work not charged to either.
     pub other_cores: Option<f64>,
+    /// CPU per operation of the window, microseconds: what one operation
+    /// costs the generator and the daemon, which on a shared machine bounds
+    /// throughput at `cores / (bench + daemon)` whatever else is tuned.
+    pub bench_us_per_op: Option<f64>,
+    pub daemon_us_per_op: Option<f64>,
 }
 
 impl CpuSplit {
@@ -122,7 +127,21 @@ impl CpuSplit {
             daemon_pid: daemon.and(daemon_pid),
             daemon_cores: daemon.map(cores_of),
             other_cores: other.map(cores_of),
+            bench_us_per_op: None,
+            daemon_us_per_op: None,
         }
+    }
+
+    /// Fills in the per-operation costs, given `ops` done in the window.
+    pub fn per_op(mut self, ops: u64) -> CpuSplit {
+        let us = |cores: Option<f64>| {
+            cores
+                .filter(|_| ops > 0)
+                .map(|c| c * self.wall_s * 1e6 / ops as f64)
+        };
+        self.bench_us_per_op = us(self.bench_cores);
+        self.daemon_us_per_op = us(self.daemon_cores);
+        self
     }
 }
 

@@ -1,10 +1,15 @@
 //! One keep-alive HTTP/1.1 connection to wconfd, on hyper's low-level client:
 //! each load-generator client owns exactly one, so no pool sits between the
-//! requests and the socket and no request pays for a connect.
+//! requests and the socket and no request pays for a connect. The
+//! connection is driven inside the client's own task rather than a task of
+//! its own, so a request costs no wake-ups across tasks (and threads): the
+//! generator shares 2 cores with the daemon it measures.
+
+use std::pin::Pin;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -97,10 +102,14 @@ pub struct Reply {
 
 /// A keep-alive connection that reconnects on the next request after a
 /// transport error.
+/// The half of a hyper connection that does the socket I/O; polled only
+/// while a request is in flight, which is all an HTTP/1.1 client needs.
+type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
 pub struct Conn {
     addr: String,
     host: HeaderValue,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    open: Option<(SendRequest<Full<Bytes>>, Driver)>,
     /// TCP connects made so far: one per connection unless errors forced
     /// reconnects, which the report shows.
     pub connects: u64,
@@ -112,32 +121,26 @@ impl Conn {
         Conn {
             addr: addr.to_string(),
             host: HeaderValue::from_str(addr).unwrap_or(HeaderValue::from_static("localhost")),
-            sender: None,
+            open: None,
             connects: 0,
         }
     }
 
-    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, OpError> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| OpError::connection(&format!("connect {}", self.addr), e))?;
-            // Requests are small and each waits for its answer: Nagle would
-            // only add delay.
-            stream
-                .set_nodelay(true)
-                .map_err(|e| OpError::connection("TCP_NODELAY", e))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| OpError::connection("HTTP handshake", e))?;
-            // The connection task ends when the sender is dropped.
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.connects += 1;
-            self.sender = Some(sender);
-        }
-        Ok(self.sender.as_mut().expect("connected above"))
+    async fn connect(&mut self) -> Result<(), OpError> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| OpError::connection(&format!("connect {}", self.addr), e))?;
+        // Requests are small and each waits for its answer: Nagle would
+        // only add delay.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| OpError::connection("TCP_NODELAY", e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| OpError::connection("HTTP handshake", e))?;
+        self.connects += 1;
+        self.open = Some((sender, Box::pin(conn)));
+        Ok(())
     }
 
     /// Sends one request and reads the whole answer, whatever its status.
@@ -150,7 +153,7 @@ impl Conn {
         let result = self.exchange(method, path, body).await;
         if let Err(e) = &result {
             if e.kind == ErrorKind::Connection {
-                self.sender = None;
+                self.open = None;
             }
         }
         result
@@ -172,27 +175,43 @@ impl Conn {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| OpError::unexpected(format!("request {path}: {e}")))?;
-        let sender = self.sender().await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| OpError::connection("connection not ready", e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| OpError::connection("send", e))?;
-        let status = response.status().as_u16();
-        let retry_after_s = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| OpError::connection("read body", e))?
-            .to_bytes();
+        if self.open.as_ref().is_none_or(|(s, _)| s.is_closed()) {
+            self.connect().await?;
+        }
+        let (sender, driver) = self.open.as_mut().expect("connected above");
+        let exchange = async {
+            sender
+                .ready()
+                .await
+                .map_err(|e| OpError::connection("connection not ready", e))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| OpError::connection("send", e))?;
+            let status = response.status().as_u16();
+            let retry_after_s = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| OpError::connection("read body", e))?
+                .to_bytes();
+            Ok::<_, OpError>((status, retry_after_s, body))
+        };
+        // The driver only finishes when the connection does: then the
+        // exchange cannot complete either.
+        let (status, retry_after_s, body) = tokio::select! {
+            biased;
+            r = exchange => r?,
+            r = driver => {
+                let why = r.map_or_else(|e| e.to_string(), |()| "closed by the daemon".into());
+                return Err(OpError::connection("connection", why));
+            }
+        };
         if (200..300).contains(&status) {
             Ok(Reply { status, body })
         } else {

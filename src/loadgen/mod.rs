@@ -472,6 +472,6 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         errors,
         connects: tally.connects,
         daemon,
-        cpu,
+        cpu: cpu.per_op(all.len()),
     })
 }

@@ -51,14 +51,14 @@ pub fn table(reports: &[Report], title: &str) -> String {
         let _ = writeln!(t, "{title}\n");
     }
     t.push_str(
-        "| workload | connections | throughput | p50 | p99 | p999 | errors | records/fsync | fsync p50 | CPU cores: bench / wconfd / other |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| workload | connections | throughput | p50 | p99 | p999 | errors | records/fsync | fsync p50 | CPU cores: bench / wconfd / other | CPU per op: bench / wconfd |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for r in reports {
         let wal = r.daemon.wal.as_ref();
         let _ = writeln!(
             t,
-            "| {} | {} | {} {}/s | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
+            "| {} | {} | {} {}/s | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} |",
             r.workload.name(),
             r.connections,
             thousands(r.throughput),
@@ -73,6 +73,8 @@ pub fn table(reports: &[Report], title: &str) -> String {
             opt_cores(r.cpu.bench_cores),
             opt_cores(r.cpu.daemon_cores),
             opt_cores(r.cpu.other_cores),
+            opt_us(r.cpu.bench_us_per_op),
+            opt_us(r.cpu.daemon_us_per_op),
         );
     }
     if let Some(r) = reports.first() {

@@ -228,11 +228,15 @@ impl Report {
             }
         }
         let c = &self.cpu;
+        let per_op =
+            |us: Option<f64>| us.map_or(String::new(), |u| format!(" ({} per op)", micros(u)));
         let _ = writeln!(
             t,
-            "cpu         wconf-bench {} cores, wconfd {} cores{}, others {} cores, of {} over {:.1} s",
+            "cpu         wconf-bench {} cores{}, wconfd {} cores{}{}, others {} cores; of {} over {:.1} s",
             cores(c.bench_cores),
+            per_op(c.bench_us_per_op),
             cores(c.daemon_cores),
+            per_op(c.daemon_us_per_op),
             c.daemon_pid.map_or(" (pid not found)".into(), |p| format!(" (pid {p})")),
             cores(c.other_cores),
             c.cores,
