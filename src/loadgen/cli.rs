@@ -53,6 +53,10 @@ struct RunArgs {
     /// wconfd's address, host:port.
     #[arg(long, env = "WCONF_ADDR", default_value = super::ADDR_DEFAULT)]
     addr: String,
+    /// Send the bearer token in FILE (owner-only), for a wconfd started
+    /// with --auth-token-file.
+    #[arg(long, env = "WCONF_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// What to run.
     #[arg(long, value_enum, default_value = "txn")]
     workload: Workload,
@@ -138,6 +142,10 @@ pub fn main() -> ExitCode {
     let a = cli.run;
     let opts = (|| {
         Ok::<_, RunError>(Options {
+            token: match &a.token_file {
+                Some(path) => Some(crate::auth::read_token_file(path).map_err(RunError::Usage)?),
+                None => None,
+            },
             addr: a
                 .addr
                 .trim_start_matches("http://")

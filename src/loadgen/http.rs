@@ -10,7 +10,7 @@ use std::pin::Pin;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -106,9 +106,37 @@ pub struct Reply {
 /// while a request is in flight, which is all an HTTP/1.1 client needs.
 type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
 
-pub struct Conn {
+/// Where the daemon is and how to talk to it; cloned into every connection.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
     addr: String,
     host: HeaderValue,
+    /// `Bearer <token>`, for a daemon started with `--auth-token-file`.
+    authorization: Option<HeaderValue>,
+}
+
+impl Endpoint {
+    /// `addr` is `host:port`; `token` the daemon's bearer token, if it wants one.
+    pub fn new(addr: &str, token: Option<&str>) -> Result<Endpoint, String> {
+        let host = HeaderValue::from_str(addr).map_err(|_| format!("bad address {addr:?}"))?;
+        let authorization = token
+            .map(|t| {
+                let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| "the token is not a valid header value".to_string())?;
+                v.set_sensitive(true);
+                Ok::<_, String>(v)
+            })
+            .transpose()?;
+        Ok(Endpoint {
+            addr: addr.to_string(),
+            host,
+            authorization,
+        })
+    }
+}
+
+pub struct Conn {
+    endpoint: Endpoint,
     open: Option<(SendRequest<Full<Bytes>>, Driver)>,
     /// TCP connects made so far: one per connection unless errors forced
     /// reconnects, which the report shows.
@@ -116,20 +144,20 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// `addr` is `host:port`; nothing is connected until the first request.
-    pub fn new(addr: &str) -> Conn {
+    /// Nothing is connected until the first request.
+    pub fn new(endpoint: &Endpoint) -> Conn {
         Conn {
-            addr: addr.to_string(),
-            host: HeaderValue::from_str(addr).unwrap_or(HeaderValue::from_static("localhost")),
+            endpoint: endpoint.clone(),
             open: None,
             connects: 0,
         }
     }
 
     async fn connect(&mut self) -> Result<(), OpError> {
-        let stream = TcpStream::connect(&self.addr)
+        let addr = &self.endpoint.addr;
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| OpError::connection(&format!("connect {}", self.addr), e))?;
+            .map_err(|e| OpError::connection(&format!("connect {addr}"), e))?;
         // Requests are small and each waits for its answer: Nagle would
         // only add delay.
         stream
@@ -168,7 +196,10 @@ impl Conn {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, self.host.clone());
+            .header(HOST, self.endpoint.host.clone());
+        if let Some(auth) = &self.endpoint.authorization {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
         if body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/json");
         }
@@ -178,40 +209,45 @@ impl Conn {
         if self.open.as_ref().is_none_or(|(s, _)| s.is_closed()) {
             self.connect().await?;
         }
-        let (sender, driver) = self.open.as_mut().expect("connected above");
-        let exchange = async {
-            sender
-                .ready()
-                .await
-                .map_err(|e| OpError::connection("connection not ready", e))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| OpError::connection("send", e))?;
-            let status = response.status().as_u16();
-            let retry_after_s = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| OpError::connection("read body", e))?
-                .to_bytes();
-            Ok::<_, OpError>((status, retry_after_s, body))
-        };
-        // The driver only finishes when the connection does: then the
-        // exchange cannot complete either.
-        let (status, retry_after_s, body) = tokio::select! {
-            biased;
-            r = exchange => r?,
-            r = driver => {
-                let why = r.map_or_else(|e| e.to_string(), |()| "closed by the daemon".into());
-                return Err(OpError::connection("connection", why));
+        let (answer, ended) = {
+            let (sender, driver) = self.open.as_mut().expect("connected above");
+            let exchange = async {
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| OpError::connection("connection not ready", e))?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| OpError::connection("send", e))?;
+                let status = response.status().as_u16();
+                let retry_after_s = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| OpError::connection("read body", e))?
+                    .to_bytes();
+                Ok::<_, OpError>((status, retry_after_s, body))
+            };
+            let mut exchange = std::pin::pin!(exchange);
+            tokio::select! {
+                biased;
+                r = &mut exchange => (r, false),
+                // The connection ended (the daemon may close it after an error
+                // answer): what it delivered before is buffered, so the exchange
+                // still completes, with the answer or with the reason it has none.
+                _ = driver => (exchange.await, true),
             }
         };
+        if ended {
+            self.open = None;
+        }
+        let (status, retry_after_s, body) = answer?;
         if (200..300).contains(&status) {
             Ok(Reply { status, body })
         } else {

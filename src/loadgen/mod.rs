@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::sleep_until;
 
 use self::cpu::{CpuSplit, Sample};
-use self::http::{Conn, ErrorKind, OpError};
+use self::http::{Conn, Endpoint, ErrorKind, OpError};
 use self::metrics::WalDelta;
 use self::report::{DaemonFigures, Errors, KindReport, Latency, Report};
 use self::workload::{Client, OpKind, Params, Plan, Workload};
@@ -50,6 +50,8 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub struct Options {
     pub addr: String,
+    /// The bearer token of a daemon started with `--auth-token-file`.
+    pub token: Option<crate::auth::Token>,
     pub workload: Workload,
     pub connections: usize,
     pub duration: Duration,
@@ -290,8 +292,12 @@ async fn status(conn: &mut Conn) -> Result<Status, RunError> {
 
 /// The daemon's figures and the CPU over the measured window: sampled when
 /// the window opens and when it closes, on a connection of its own.
-async fn observe(addr: String, clock: Clock, daemon_pid: Option<u32>) -> (DaemonFigures, CpuSplit) {
-    let mut conn = Conn::new(&addr);
+async fn observe(
+    endpoint: Endpoint,
+    clock: Clock,
+    daemon_pid: Option<u32>,
+) -> (DaemonFigures, CpuSplit) {
+    let mut conn = Conn::new(&endpoint);
     sleep_until(clock.measure.into()).await;
     let before = scrape(&mut conn).await;
     let cpu_before = Sample::take(daemon_pid);
@@ -370,7 +376,9 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         run_ttl_ms: (run_s + 60).saturating_mul(1000).min(86_400_000),
         nonce: rand::random(),
     });
-    let mut admin = Conn::new(&opts.addr);
+    let endpoint = Endpoint::new(&opts.addr, opts.token.as_ref().map(|t| t.as_str()))
+        .map_err(RunError::Usage)?;
+    let mut admin = Conn::new(&endpoint);
     workload::setup(&mut admin, &plan)
         .await
         .map_err(setup_err)?;
@@ -380,7 +388,7 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
     let mut clients = Vec::with_capacity(opts.connections);
     for id in 0..opts.connections {
         let seeded = rand::rngs::StdRng::seed_from_u64(rng.gen());
-        let mut c = Client::new(id, &opts.addr, seeded, plan.clone());
+        let mut c = Client::new(id, &endpoint, seeded, plan.clone());
         if let Err(e) = c.start().await {
             // Close the sessions already opened before giving up.
             for mut c in clients {
@@ -404,7 +412,7 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         .daemon_pid
         .or_else(|| local_port(&opts.addr).and_then(cpu::listener_pid));
     let live = Arc::new(Live::default());
-    let observer = tokio::spawn(observe(opts.addr.clone(), clock, daemon_pid));
+    let observer = tokio::spawn(observe(endpoint.clone(), clock, daemon_pid));
     let ticker = (opts.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(progress(clock, live.clone(), opts.workload.unit())));
     let tasks: Vec<_> = clients

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::http::{Conn, OpError};
+use super::http::{Conn, Endpoint, OpError};
 use crate::api::types::*;
 
 /// Wait this long for a lock or for `config`: far longer than any run's
@@ -213,10 +213,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(id: usize, addr: &str, rng: StdRng, plan: Arc<Plan>) -> Client {
+    pub fn new(id: usize, endpoint: &Endpoint, rng: StdRng, plan: Arc<Plan>) -> Client {
         Client {
             id,
-            conn: Conn::new(addr),
+            conn: Conn::new(endpoint),
             rng,
             plan,
             seq: 0,

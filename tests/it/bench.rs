@@ -3,7 +3,8 @@
 //! and `wconf-bench plot` turns the reports into a table and two SVGs.
 //! No throughput is asserted: numbers are for benchmarks, not tests.
 
-use std::process::Command;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
 
 use wconf::loadgen::report::Report;
 use wconf::loadgen::workload::SETUP_TAG;
@@ -15,9 +16,9 @@ const KEYS: usize = 8;
 const VALUE_BYTES: usize = 40;
 const INSTANCES: usize = 5;
 
-/// Runs one workload for a second with `--json` and parses its report.
-fn bench(addr: &str, workload: &str) -> Report {
-    let out = Command::new(env!("CARGO_BIN_EXE_wconf-bench"))
+/// Runs one workload for a second with `--json` and `extra` flags.
+fn run(addr: &str, workload: &str, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wconf-bench"))
         .args(["--addr", addr, "--workload", workload, "--json"])
         .args(["--connections", &CONNECTIONS.to_string()])
         .args(["--duration", "1", "--warmup", "0.2"])
@@ -25,8 +26,15 @@ fn bench(addr: &str, workload: &str) -> Report {
         .args(["--value-bytes", &VALUE_BYTES.to_string()])
         .args(["--instances", &INSTANCES.to_string()])
         .args(["--write-ratio", "0.2"])
+        .args(extra)
+        .env_remove("WCONF_TOKEN_FILE")
         .output()
-        .expect("run wconf-bench");
+        .expect("run wconf-bench")
+}
+
+/// Runs one workload that must exit 0 and parses its report.
+fn bench(addr: &str, workload: &str, extra: &[&str]) -> Report {
+    let out = run(addr, workload, extra);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{workload}: {stdout}\n{stderr}");
@@ -46,7 +54,7 @@ fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
     let addr = d.base.trim_start_matches("http://").to_string();
     let mut files = Vec::new();
     for workload in ["txn", "job", "contended", "read"] {
-        let r = bench(&addr, workload);
+        let r = bench(&addr, workload, &[]);
         assert!(r.ops > 0, "{workload}: no operation completed: {r:?}");
         assert_eq!(r.errors.total, 0, "{workload}: {:?}", r.errors);
         assert_eq!(r.connects, CONNECTIONS as u64, "{workload}: reconnected");
@@ -134,4 +142,34 @@ fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
             "{svg}"
         );
     }
+}
+
+#[test]
+fn a_daemon_behind_a_token_is_driven_with_token_file_and_refused_without() {
+    // Invariant: against a daemon started with --auth-token-file, a run
+    // without the token fails at set-up (exit 3, naming the 401) and
+    // changes nothing; with --token-file it runs clean and its changes are
+    // all in the serial.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "bench-test-token-3f9a\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = token.to_str().unwrap();
+    let d = start(&dir.path().join("data"), &["--auth-token-file", token]);
+    let addr = d.base.trim_start_matches("http://").to_string();
+
+    let refused = run(&addr, "txn", &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let r = bench(&addr, "txn", &["--token-file", token]);
+    assert!(r.ops > 0 && r.errors.total == 0, "{r:?}");
+    assert_eq!(
+        r.config_serial_after - r.config_serial_before,
+        r.changes_acked
+    );
+    // The refused run wrote nothing: the serial starts at this run's
+    // set-up (two changes: /bench, then the keys).
+    assert_eq!(r.config_serial_before, 2);
 }
