@@ -400,6 +400,25 @@ mod tests {
     }
 
     #[test]
+    fn documents_past_the_old_16_mib_limit_are_kept_exactly() {
+        // Invariant (issue 5's 100 MB configs): a document over 16 MiB,
+        // built through patches within PATCH_BYTES_MAX, is accepted and its
+        // length stays exact.
+        let mut c = ConfigState::default();
+        let blob = "x".repeat(PATCH_BYTES_MAX - 64);
+        let add = json!([{"op": "add", "path": "/b0", "value": blob}]);
+        c.apply_patch(1, &patch(add)).unwrap();
+        let copies: Vec<Value> = (1..5)
+            .map(|i| json!({"op": "copy", "from": "/b0", "path": format!("/b{i}")}))
+            .collect();
+        c.apply_patch(2, &patch(Value::Array(copies))).unwrap();
+        // {"b0":"xx..","b1":"xx..",...}: 5 members of 5 + len + 2 bytes.
+        let expected = 2 + 5 * (5 + blob.len() + 2) + 4;
+        assert!(expected > 16 << 20);
+        assert_eq!(c.doc_bytes(), expected);
+    }
+
+    #[test]
     fn parse_patch_bounds_input() {
         // Invariant: malformed or oversized patch text is an error.
         assert!(matches!(

@@ -125,11 +125,27 @@ impl io::Write for Counter {
     }
 }
 
-/// The compact JSON length of a scalar (or key), as serde_json writes it.
+/// The compact JSON length of a number or bool, as serde_json writes it.
 fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
     let mut counter = Counter(0);
     serde_json::to_writer(&mut counter, v).expect("writing a scalar to a counter cannot fail");
     counter.0
+}
+
+/// The compact JSON length of a string, quotes included, as serde_json
+/// escapes it: `"`, `\` and the five short control escapes take 2 bytes,
+/// other control characters 6 (`\u00XX`), everything else itself.
+/// A plain loop over bytes: strings can be megabytes, and this runs for
+/// every string a `copy` or `remove` touches.
+fn str_json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Separators around `n` members: the brackets and `n - 1` commas.
@@ -151,7 +167,7 @@ impl Node {
             Node::Null => 4,
             Node::Bool(b) => json_len(b),
             Node::Number(n) => json_len(n),
-            Node::String(s) => json_len(&**s),
+            Node::String(s) => str_json_len(s),
             Node::Array(a) => a.bytes,
             Node::Object(o) => o.bytes,
         }
@@ -386,7 +402,7 @@ impl Object {
         let bytes = frame_len(entries.len())
             + entries
                 .iter()
-                .map(|(k, v)| json_len(&**k) + 1 + v.encoded_len())
+                .map(|(k, v)| str_json_len(k) + 1 + v.encoded_len())
                 .sum::<usize>();
         let depth = 1 + entries.iter().map(|(_, v)| v.depth()).max().unwrap_or(0);
         let entries = if entries.len() <= SMALL_MAX {
@@ -483,7 +499,7 @@ impl Object {
         };
         match &old {
             Some(old) => self.bytes = self.bytes - old.encoded_len() + len,
-            None => self.bytes += usize::from(self.len() > 1) + json_len(key) + 1 + len,
+            None => self.bytes += usize::from(self.len() > 1) + str_json_len(key) + 1 + len,
         }
         self.redepth(old.as_ref().map(Node::depth), Some(depth));
         old
@@ -494,7 +510,7 @@ impl Object {
             Entries::Small(v) => search(v, key).ok().map(|i| v.remove(i).1),
             Entries::Large { map, .. } => map.remove(key),
         }?;
-        self.bytes -= usize::from(!self.is_empty()) + json_len(key) + 1 + node.encoded_len();
+        self.bytes -= usize::from(!self.is_empty()) + str_json_len(key) + 1 + node.encoded_len();
         self.redepth(Some(node.depth()), None);
         Some(node)
     }
@@ -881,7 +897,7 @@ pub(crate) mod tests {
             (-3i64..40).prop_map(|n| json!(n)),
             Just(json!(0.5)),
             Just(json!(1.0)),
-            "[ab/~\"é]{0,3}".prop_map(Value::String),
+            "[ab/~\"é\n\u{1}\\\\]{0,3}".prop_map(Value::String),
         ]
     }
 
