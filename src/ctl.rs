@@ -37,6 +37,8 @@ pub mod exit {
     /// granted, or a write whose session did not hold `config`. Kept apart
     /// from 0 so `wconfctl lock acquire ... && work` never works unlocked.
     pub const NOT_DONE: u8 = 4;
+    /// `wconfctl drill` ran and found a violation of an invariant.
+    pub const VIOLATION: u8 = 5;
 }
 
 /// Where `wconfd` listens unless told otherwise.
@@ -334,6 +336,37 @@ impl Ctl {
             None,
         )
     }
+}
+
+/// `wconfctl drill`: runs a recovery drill and renders its report. The exit
+/// code is [`exit::OK`] when every invariant held, [`exit::VIOLATION`] if
+/// not; a drill that could not run at all is an error.
+pub fn drill(opts: &crate::drill::DrillOptions, format: Format) -> Result<(String, u8), CtlError> {
+    use crate::drill::DrillError;
+    let report = crate::drill::run(opts).map_err(|e| match e {
+        DrillError::Usage(m) => CtlError::Usage(m),
+        DrillError::Setup(message) => CtlError::Unreachable {
+            addr: opts.wconfd.display().to_string(),
+            message,
+        },
+    })?;
+    let output = match format {
+        Format::Json => {
+            let mut text = serde_json::to_string_pretty(&report)
+                .map_err(|e| CtlError::Usage(e.to_string()))?;
+            text.push('\n');
+            text
+        }
+        Format::Human => report.human(),
+    };
+    Ok((
+        output,
+        if report.passed {
+            exit::OK
+        } else {
+            exit::VIOLATION
+        },
+    ))
 }
 
 // ---- Arguments --------------------------------------------------------------

@@ -20,6 +20,8 @@ pub mod codec;
 #[cfg(feature = "daemon")]
 pub mod ctl;
 #[cfg(feature = "daemon")]
+pub mod drill;
+#[cfg(feature = "daemon")]
 pub mod loadgen;
 #[cfg(feature = "daemon")]
 pub mod metrics;

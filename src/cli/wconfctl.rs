@@ -22,6 +22,7 @@ Exit codes:
   3  could not connect to the daemon, or got no usable answer
   4  the daemon answered but did not do it: `lock acquire` not granted,
      `config write` without holding `config`
+  5  `drill` found a violation of an invariant
 
 Transport: TCP only. wconfd can also serve a Unix socket (--socket), but
 the HTTP client under wconfctl (ureq 2) cannot connect to one, so wconfctl
@@ -69,8 +70,73 @@ enum Command {
     /// Read and change the config document.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Recovery drill: start wconfd, SIGKILL it at random moments under
+    /// load, restart it, and check that nothing acknowledged was lost.
+    ///
+    /// Needs no running daemon: it starts its own on a scratch directory
+    /// (or --data-dir) and an ephemeral port. Exits 5 on any violation.
+    #[command(after_help = "Example:\n  wconfctl drill --kills 100 --clients 8")]
+    Drill(DrillArgs),
     #[command(flatten)]
     Docs(Docs),
+}
+
+#[derive(Args, Debug)]
+struct DrillArgs {
+    /// The wconfd binary [default: the wconfd beside this wconfctl].
+    #[arg(long, value_name = "PATH")]
+    wconfd: Option<std::path::PathBuf>,
+    /// Drill this data directory instead of a scratch one. A non-empty
+    /// directory that no drill made is refused unless --force.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Drill a non-empty --data-dir that no drill made, in place.
+    #[arg(long)]
+    force: bool,
+    /// Concurrent job clients.
+    #[arg(long, default_value_t = crate::drill::DrillOptions::CLIENTS_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=crate::drill::CLIENTS_MAX as u64))]
+    clients: u64,
+    /// SIGKILLs (each followed by a restart).
+    #[arg(long, default_value_t = crate::drill::DrillOptions::KILLS_DEFAULT)]
+    kills: usize,
+    /// Seed of the kill moments and the jobs [default: from the clock;
+    /// printed in the report].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also SIGSTOP the daemon for longer than a lease, then SIGCONT
+    /// (the first cycle and about one in ten).
+    #[arg(long)]
+    pause: bool,
+    /// The daemon must serve again within this many ms after a restart.
+    #[arg(long, default_value_t = crate::drill::DrillOptions::LIVENESS_BOUND_MS_DEFAULT)]
+    liveness_bound_ms: u64,
+    /// Each kill lands at a random moment up to this many ms after the
+    /// load resumed.
+    #[arg(long, default_value_t = crate::drill::DrillOptions::KILL_DELAY_MAX_MS_DEFAULT)]
+    kill_delay_max_ms: u64,
+    /// An argument for wconfd, e.g. --wconfd-arg=--segment-size=1MiB (repeatable).
+    #[arg(long = "wconfd-arg", value_name = "ARG", allow_hyphen_values = true)]
+    wconfd_args: Vec<String>,
+}
+
+impl DrillArgs {
+    fn options(self) -> crate::drill::DrillOptions {
+        crate::drill::DrillOptions {
+            wconfd: self
+                .wconfd
+                .unwrap_or_else(crate::drill::wconfd_beside_current_exe),
+            data_dir: self.data_dir,
+            force: self.force,
+            clients: self.clients as usize,
+            kills: self.kills,
+            seed: self.seed,
+            pause: self.pause,
+            liveness_bound_ms: self.liveness_bound_ms,
+            kill_delay_max_ms: self.kill_delay_max_ms,
+            wconfd_args: self.wconfd_args,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +307,7 @@ pub fn run(cli: Cli) -> Result<Answer, CtlError> {
         Command::Docs(_) => Err(CtlError::Usage(
             "completions and man pages are printed by main, not sent".into(),
         )),
+        Command::Drill(_) => Err(CtlError::Usage("main runs the drill".into())),
         Command::Status => ctl.status(),
         Command::Health => ctl.health(),
         Command::Session(c) => match c {
@@ -326,6 +393,23 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("wconfctl: {e}");
                 ExitCode::from(ctl::exit::USAGE)
+            }
+        };
+    }
+    if let Command::Drill(args) = cli.command {
+        let format = if cli.json {
+            Format::Json
+        } else {
+            Format::Human
+        };
+        return match ctl::drill(&args.options(), format) {
+            Ok((output, code)) => {
+                print!("{output}");
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("wconfctl: {e}");
+                ExitCode::from(e.exit_code())
             }
         };
     }
