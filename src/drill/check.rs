@@ -10,7 +10,7 @@
 //! one, and the document's serial must equal the setup's plus the sum of
 //! the counters.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -207,7 +207,10 @@ fn session_facts(
         if repeats_acked(history, op) {
             continue;
         }
-        let f = facts.entry(s.clone()).or_default();
+        if !facts.contains_key(s) {
+            facts.insert(s.clone(), SessionFacts::default());
+        }
+        let f = facts.get_mut(s).expect("inserted above");
         if refused_unknown_session(op) {
             if !f.mortal && f.gone.is_none() {
                 found.push(violation(
@@ -340,7 +343,7 @@ fn check_sessions(
     let orphans: Vec<&String> = obs
         .sessions
         .iter()
-        .filter(|s| !facts.get(*s).is_some_and(|f| f.open_op.is_some()))
+        .filter(|s| facts.get(*s).is_none_or(|f| f.open_op.is_none()))
         .filter(|s| !model.foreign_sessions.contains(*s))
         .collect();
     if orphans.len() > unknown_opens {
@@ -446,12 +449,13 @@ fn check_holders(
     }
 }
 
+/// A counter value and the op that set it.
+type Mark = (u64, Option<OpId>);
+
 /// Per counter key: the highest value acknowledged as applied, and the
 /// highest that may have been applied, with the ops that set them.
-fn counter_bounds(
-    history: &History,
-) -> BTreeMap<String, ((u64, Option<OpId>), (u64, Option<OpId>))> {
-    let mut bounds: BTreeMap<String, ((u64, Option<OpId>), (u64, Option<OpId>))> = BTreeMap::new();
+fn counter_bounds(history: &History) -> BTreeMap<String, (Mark, Mark)> {
+    let mut bounds: BTreeMap<String, (Mark, Mark)> = BTreeMap::new();
     for op in &history.ops {
         let Some((key, value)) = op.counter() else {
             continue;
@@ -544,7 +548,13 @@ fn check_combined(
 ) {
     let run = obs.run;
     let mut last_write: HashMap<usize, &Op> = HashMap::new();
+    let mut grants: HashSet<(&str, u64)> = HashSet::new();
     for op in &history.ops {
+        if let (OpKind::Acquire { .. }, Some(s), Some(t)) = (&op.kind, &op.session, op.token()) {
+            if op.granted() {
+                grants.insert((s, t));
+            }
+        }
         let OpKind::Write {
             key,
             value,
@@ -586,12 +596,7 @@ fn check_combined(
             continue;
         }
         // The grant behind the write was acknowledged?
-        let granted = history.ops[..op.id].iter().any(|g| {
-            g.session.as_deref() == Some(s.as_str())
-                && matches!(g.kind, OpKind::Acquire { .. })
-                && g.granted()
-                && g.token() == Some(*token)
-        });
+        let granted = grants.contains(&(s.as_str(), *token));
         let applied = obs.counters.get(key).copied().unwrap_or(0) >= *value;
         let held = obs
             .holders
@@ -786,10 +791,11 @@ fn check_retries(history: &History, run: u32, found: &mut Vec<Violation>) {
     }
 }
 
-/// Invariant 7: the state rebuilt from the log up to `lsn` had `before` as
-/// digest; after a recovery that was SIGKILLed part-way, the log up to
-/// `lsn` gives `after`, and whatever that recovery appended is only epoch
-/// records (`appended_kinds` lists the kinds past `lsn`).
+/// Invariant 7: the log up to `lsn` had fingerprint `before` (its state's
+/// digest, or the fold of its records' CRCs); after a recovery that was
+/// SIGKILLed part-way it has `after`, which must be equal, and whatever that
+/// recovery appended is only epoch records (`appended_kinds` lists the
+/// kinds past `lsn`).
 pub fn recovery_digests(
     run: u32,
     lsn: u64,
@@ -802,7 +808,7 @@ pub fn recovery_digests(
         found.push(violation(
             Invariant::IdempotentRecovery,
             run,
-            format!("the state up to LSN {lsn} had digest {before:016x}; after a recovery killed part-way it has {after:016x}"),
+            format!("the log up to LSN {lsn} replayed to state digest {before:016x}; after a recovery killed part-way it replays to {after:016x}"),
             vec![],
         ));
     }

@@ -1,7 +1,7 @@
 //! The drill's `wconfd`: spawning it on the data directory, waiting for its
 //! ready line within the liveness bound, SIGKILL, SIGSTOP/SIGCONT, its
-//! warnings; and the log read back read-only (the state digest up to an
-//! LSN, for idempotent recovery).
+//! warnings; and the log read back read-only, to compare it before and
+//! after a recovery killed part-way (idempotent recovery).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -180,21 +180,36 @@ fn parse_ready(line: &str, elapsed: Duration) -> Option<Ready> {
     })
 }
 
-/// The log as it is on disk, read without locking or repairing it.
-#[derive(Debug, Clone)]
-pub struct LogRead {
-    /// The state of records `1..=lsn`.
-    pub digest: u64,
-    pub lsn: u64,
-    /// The kinds of the records after `lsn`.
-    pub kinds_after: Vec<u16>,
-    /// Whether the scan stopped at damage that is not a torn tail.
-    pub damage: Option<String>,
+/// The log read back without locking or repairing it, remembered between
+/// reads so each read replays only the records that are new.
+#[derive(Default)]
+pub struct LogReader {
+    /// The state of every record read so far.
+    state: State,
+    /// The CRC of each record read so far, by LSN - 1: a fingerprint of
+    /// its bytes (the scan checked each CRC against them).
+    crcs: Vec<u32>,
 }
 
-/// Replays the log in `dir` up to `upto` (all of it with `None`), read-only,
-/// and digests the state.
-pub fn read_log(dir: &Path, upto: Option<u64>) -> Result<LogRead, String> {
+/// What [`LogReader::compare`] found.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// The last LSN of the remembered log.
+    pub lsn: u64,
+    /// Fingerprints of records `1..=lsn` before and now: the records' CRCs
+    /// folded when every CRC is the same (the same bytes replay to the
+    /// same state), else the digests of the two replayed states.
+    pub before: u64,
+    pub after: u64,
+    /// The kinds of the records now past `lsn`.
+    pub kinds_after: Vec<u16>,
+}
+
+/// One pass over the valid records of the log in `dir`.
+fn for_each_record(
+    dir: &Path,
+    mut each: impl FnMut(&crate::wal::reader::Record<'_>) -> Result<(), String>,
+) -> Result<Option<String>, String> {
     let scan = scan_dir(&StdStorage, dir).map_err(|e| e.to_string())?;
     let damage = match &scan.problem {
         Some((i, p)) if !scan.problem_is_torn_tail() => Some(format!(
@@ -206,8 +221,6 @@ pub fn read_log(dir: &Path, upto: Option<u64>) -> Result<LogRead, String> {
         )),
         _ => None,
     };
-    let mut state = State::new();
-    let mut kinds_after = vec![];
     for (segment, seg_scan) in scan.segments.iter().zip(&scan.scans) {
         for frame in Frames::new(&segment.view, seg_scan.end as usize) {
             let frame = frame.map_err(|e| {
@@ -217,19 +230,74 @@ pub fn read_log(dir: &Path, upto: Option<u64>) -> Result<LogRead, String> {
                     e.offset
                 )
             })?;
-            if upto.is_some_and(|u| frame.lsn > u) {
-                kinds_after.push(frame.kind);
-                continue;
-            }
-            apply_frame(&mut state, &frame).map_err(|e| e.to_string())?;
+            each(&frame)?;
         }
     }
-    Ok(LogRead {
-        digest: state.digest().map_err(|e| e.to_string())?,
-        lsn: state.applied_lsn(),
-        kinds_after,
-        damage,
+    Ok(damage)
+}
+
+fn fold_crcs(crcs: &[u32]) -> u64 {
+    crcs.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        (h ^ u64::from(*c)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+impl LogReader {
+    /// Reads the records written since the last read and applies them.
+    /// Returns damage that is not a torn tail, if the scan stopped at some.
+    pub fn advance(&mut self, dir: &Path) -> Result<Option<String>, String> {
+        let state = &mut self.state;
+        let crcs = &mut self.crcs;
+        for_each_record(dir, |frame| {
+            if frame.lsn <= state.applied_lsn() {
+                return Ok(());
+            }
+            apply_frame(state, frame).map_err(|e| e.to_string())?;
+            crcs.push(frame.header.crc);
+            Ok(())
+        })
+    }
+
+    /// The last LSN read.
+    pub fn lsn(&self) -> u64 {
+        self.state.applied_lsn()
+    }
+
+    /// Reads the log again and compares its records up to [`Self::lsn`]
+    /// with the remembered ones, without remembering the new read.
+    pub fn compare(&self, dir: &Path) -> Result<Comparison, String> {
+        let lsn = self.lsn();
+        let mut crcs = Vec::with_capacity(self.crcs.len());
+        let mut kinds_after = vec![];
+        for_each_record(dir, |frame| {
+            if frame.lsn <= lsn {
+                crcs.push(frame.header.crc);
+            } else {
+                kinds_after.push(frame.kind);
+            }
+            Ok(())
+        })?;
+        let (before, after) = if crcs == self.crcs {
+            let f = fold_crcs(&crcs);
+            (f, f)
+        } else {
+            let mut replayed = State::new();
+            for_each_record(dir, |frame| {
+                if frame.lsn <= lsn {
+                    apply_frame(&mut replayed, frame).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })?;
+            let digest = |s: &State| s.digest().map_err(|e| e.to_string());
+            (digest(&self.state)?, digest(&replayed)?)
+        };
+        Ok(Comparison {
+            lsn,
+            before,
+            after,
+            kinds_after,
+        })
+    }
 }
 
 /// Side files recovery left for cut bytes.

@@ -146,8 +146,9 @@ impl Op {
 
     /// The locks an acknowledged grant gave, in the modes now held.
     pub fn granted_locks(&self) -> Vec<LockSpec> {
+        use serde::Deserialize as _;
         self.field("locks")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .and_then(|l| Vec::<LockSpec>::deserialize(l).ok())
             .unwrap_or_default()
     }
 

@@ -201,6 +201,7 @@ struct Tally {
     /// Warning lines of each daemon run (index: run).
     stderr: Vec<Vec<String>>,
     aborted: Option<String>,
+    log: daemon::LogReader,
 }
 
 impl Tally {
@@ -442,9 +443,8 @@ fn kill_cycle(
         ));
     }
 
-    // 7: the log's state before a recovery killed part-way and after it.
-    let before = daemon::read_log(&spawner.data_dir, None)?;
-    if let Some(damage) = &before.damage {
+    // 7: the log before a recovery killed part-way, and after it.
+    if let Some(damage) = tally.log.advance(&spawner.data_dir)? {
         tally.add(vec![Violation {
             invariant: check::Invariant::Prefix,
             run: run + 1,
@@ -460,13 +460,13 @@ fn kill_cycle(
     partial.kill();
     tally.recovery_kills += 1;
     tally.daemon_exited(run as usize + 1, partial.stderr_lines());
-    let after = daemon::read_log(&spawner.data_dir, Some(before.lsn))?;
+    let c = tally.log.compare(&spawner.data_dir)?;
     tally.add(check::recovery_digests(
         run + 1,
-        before.lsn,
-        before.digest,
-        after.digest,
-        &after.kinds_after,
+        c.lsn,
+        c.before,
+        c.after,
+        &c.kinds_after,
     ));
 
     let mut next = spawner.spawn()?;

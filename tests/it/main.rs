@@ -1,6 +1,8 @@
 //! wconf's integration tests, in one binary so the crate links once and the
 //! modules share helpers: each module below owns one concern.
 //!
+//! - `drill`: `wconfctl drill` end to end, the CI kill volume, and its
+//!   invariant checker fed doctored histories.
 //! - `wal_props`: recovery against damage (cuts, torn writes, bit flips,
 //!   garbage) on random logs written by the real writer.
 //! - `golden`: checked-in segment files of format version 1, which every later
@@ -34,6 +36,7 @@ mod api_edges;
 mod backpressure;
 mod bench;
 mod daemon;
+mod drill;
 mod fairness;
 mod golden;
 mod lease;
