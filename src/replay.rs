@@ -301,7 +301,7 @@ impl Progress {
                     records = v.records_replayed,
                     of = v.records_total,
                     mb = v.bytes_replayed as f64 / 1e6,
-                    percent = (v.percent * 10.0).round() / 10.0,
+                    percent = v.percent,
                     "replaying the log"
                 );
             }
@@ -320,9 +320,10 @@ impl Progress {
     pub fn view(&self) -> ProgressView {
         let records_replayed = self.records_done.load(Ordering::Relaxed);
         let records_total = self.records_total.load(Ordering::Relaxed);
+        // One decimal: enough to see it move, short enough to read.
         let percent = match records_total {
             0 => 0.0,
-            n => 100.0 * records_replayed as f64 / n as f64,
+            n => (1000.0 * records_replayed as f64 / n as f64).round() / 10.0,
         };
         ProgressView {
             phase: self.phase(),

@@ -205,21 +205,22 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
     // only the signal thread ever sees SIGINT and SIGTERM.
     let stop = watch_signals()?;
     let order = lock_order(&opts)?;
-    let (wal, recovered) = Wal::open(&opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
+    // The directory is ours before anything listens: a second daemon on
+    // the same directory fails here, whatever its address.
+    let dir_lock = Wal::lock_dir(&opts.data_dir).map_err(wal_error)?;
     let metrics = web::Data::new(Metrics::new());
-    let state = prepare(
+    let recover: Recover = {
+        let (opts, metrics) = (opts.clone(), metrics.clone());
+        Box::new(move |progress: &Progress| {
+            let (wal, recovered) = Wal::open_locked(dir_lock, &opts.data_dir, wal_options(&opts))
+                .map_err(wal_error)?;
+            let state = prepare(&opts, order, &wal, recovered, &metrics, progress)?;
+            Ok((state, wal))
+        })
+    };
+    let (served, wal) = serve(
         &opts,
-        order,
-        &wal,
-        recovered,
-        &metrics,
-        &Progress::default(),
-    )?;
-    let wal = Arc::new(wal);
-    let served = serve(
-        &opts,
-        state,
-        wal.clone(),
+        recover,
         metrics,
         Front {
             listen: Listen::Addr(opts.listen.clone()),
@@ -236,7 +237,7 @@ pub fn run(opts: DaemonOptions) -> Result<(), StartError> {
             notify(&[sd_notify::NotifyState::Ready]);
         },
     );
-    let closed = close_log(wal);
+    let closed = wal.map_or(Ok(()), close_log);
     served?;
     closed
 }
@@ -428,22 +429,249 @@ struct Ready {
     addr: String,
     epoch: u64,
     lsn: u64,
+    wal: Arc<Wal>,
 }
 
-/// Serves until `stop` resolves (or its sender is dropped), then runs the
-/// clean [`shutdown`]. The log is closed by the caller.
+/// Recovery: opens the log and rebuilds the state, reporting its progress.
+/// Runs on a blocking thread while the server already answers `/healthz`.
+type Recover = Box<dyn FnOnce(&Progress) -> Result<(State, Wal), StartError> + Send>;
+
+/// Connections waiting to be accepted, at most, per listener (actix's own
+/// default): clients that connect while recovery hands over to the full
+/// server wait here.
+const LISTEN_BACKLOG: u32 = 2_048;
+
+/// The sockets, bound once: the recovery server and then the full server
+/// serve on copies of them, so the address never stops listening.
+struct Bound {
+    tcp: Vec<std::net::TcpListener>,
+    uds: Option<std::os::unix::net::UnixListener>,
+    addr: String,
+    /// HTTP worker threads: actix's default (one per core) for `wconfd`,
+    /// two for a server inside a test process.
+    workers: Option<usize>,
+}
+
+fn listen_error(what: &str, e: std::io::Error) -> StartError {
+    StartError::new(exit::START, format!("listen on {what}: {e}"))
+}
+
+/// Binds every address `listen` resolves to (as actix does: those that
+/// bind, an error if none does), with SO_REUSEADDR so a restart can take
+/// the port back at once, and the Unix socket owner-only.
+async fn bind(opts: &DaemonOptions, listen: Listen) -> Result<Bound, StartError> {
+    let workers = match &listen {
+        Listen::Listener(_) => Some(2),
+        Listen::Addr(_) => None,
+    };
+    let tcp = match listen {
+        Listen::Listener(l) => vec![l],
+        Listen::Addr(addr) => {
+            let addrs = tokio::net::lookup_host(&addr)
+                .await
+                .map_err(|e| listen_error(&addr, e))?;
+            let mut bound = Vec::new();
+            let mut last = None;
+            for a in addrs {
+                let tried = (|| {
+                    let socket = match a {
+                        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(a)?;
+                    socket.listen(LISTEN_BACKLOG)?.into_std()
+                })();
+                match tried {
+                    Ok(l) => bound.push(l),
+                    Err(e) => last = Some(e),
+                }
+            }
+            if bound.is_empty() {
+                let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
+                return Err(listen_error(&addr, e));
+            }
+            bound
+        }
+    };
+    let addr = tcp[0]
+        .local_addr()
+        .map_err(|e| listen_error("the listener", e))?
+        .to_string();
+    let uds = match &opts.socket {
+        Some(path) => {
+            remove_stale_socket(path)?;
+            // Created owner-only from the start (umask), then made exactly
+            // 0600: no other user can connect between bind and chmod.
+            let old = umask(Mode::from_bits_truncate(0o177));
+            let bound = std::os::unix::net::UnixListener::bind(path);
+            umask(old);
+            let listener = bound.map_err(|e| socket_error("bind", path, e))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| socket_error("chmod", path, e))?;
+            if let Some(group) = &opts.socket_group {
+                grant_group(path, group)?;
+            }
+            Some(listener)
+        }
+        None => None,
+    };
+    Ok(Bound {
+        tcp,
+        uds,
+        addr,
+        workers,
+    })
+}
+
+impl Bound {
+    /// Copies of every socket, for one server to serve on.
+    fn copies(
+        &self,
+    ) -> Result<
+        (
+            Vec<std::net::TcpListener>,
+            Option<std::os::unix::net::UnixListener>,
+        ),
+        StartError,
+    > {
+        let tcp = self
+            .tcp
+            .iter()
+            .map(|l| l.try_clone().map_err(|e| listen_error(&self.addr, e)))
+            .collect::<Result<_, _>>()?;
+        let uds = match &self.uds {
+            Some(l) => Some(
+                l.try_clone()
+                    .map_err(|e| listen_error("the Unix socket", e))?,
+            ),
+            None => None,
+        };
+        Ok((tcp, uds))
+    }
+}
+
+/// Has an `HttpServer` serve on copies of every socket of a [`Bound`].
+macro_rules! serve_on {
+    ($bound:expr, $server:expr) => {{
+        let (tcp, uds) = $bound.copies()?;
+        let mut server = $server;
+        for l in tcp {
+            server = server
+                .listen(l)
+                .map_err(|e| listen_error(&$bound.addr, e))?;
+        }
+        if let Some(l) = uds {
+            server = server
+                .listen_uds(l)
+                .map_err(|e| listen_error("the Unix socket", e))?;
+        }
+        server
+    }};
+}
+
+/// While recovery runs: `/healthz` answers 503 with its progress, `/metrics`
+/// answers, everything else 503 `recovering` (after the token check, as
+/// always).
+fn recovery_server(
+    bound: &Bound,
+    metrics: web::Data<Metrics>,
+    gate: Gate,
+    progress: Arc<Progress>,
+) -> Result<actix_web::dev::Server, StartError> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(metrics.clone())
+            .app_data(web::Data::new(gate.clone()))
+            .app_data(web::Data::from(progress.clone()))
+            .wrap(actix_web::middleware::from_fn(api::guard::gate))
+            .route("/healthz", web::get().to(api::healthz_recovering))
+            .route("/metrics", web::get().to(api::metrics::scrape))
+            .default_service(web::to(api::recovering))
+            .wrap(actix_web::middleware::from_fn(api::metrics::observe))
+    })
+    .disable_signals()
+    .workers(1)
+    .shutdown_timeout(1);
+    Ok(serve_on!(bound, server).run())
+}
+
+/// Binds, serves `/healthz` (503, with progress) while `recover` runs on
+/// a blocking thread, then starts the actors and the full server on the
+/// same sockets and serves until `stop` resolves (or its sender is
+/// dropped), then runs the clean [`shutdown`]. Returns the log, when
+/// recovery opened one, for the caller to close.
 fn serve(
     opts: &DaemonOptions,
-    state: State,
-    wal: Arc<Wal>,
+    recover: Recover,
     metrics: web::Data<Metrics>,
     front: Front,
     stop: oneshot::Receiver<()>,
     on_ready: impl FnOnce(Ready),
-) -> Result<(), StartError> {
+) -> (Result<(), StartError>, Option<Arc<Wal>>) {
     let Front { listen, token } = front;
     let system = actix_web::rt::System::new();
     system.block_on(async move {
+        let bound = match bind(opts, listen).await {
+            Ok(b) => b,
+            Err(e) => return (Err(e), None),
+        };
+        let gate = Gate {
+            token: token.map(Arc::new),
+            ..Gate::default()
+        };
+        let progress = Arc::new(Progress::default());
+        let recovering =
+            match recovery_server(&bound, metrics.clone(), gate.clone(), progress.clone()) {
+                Ok(server) => server,
+                Err(e) => return (Err(e), None),
+            };
+        let recovering_handle = recovering.handle();
+        let recovering = actix_web::rt::spawn(recovering);
+        tracing::info!(addr = %bound.addr, "recovering; /healthz answers 503 until ready");
+        let recovered = {
+            let progress = progress.clone();
+            actix_web::rt::task::spawn_blocking(move || recover(&progress)).await
+        };
+        recovering_handle.stop(true).await;
+        let _ = recovering.await;
+        let (state, wal) = match recovered {
+            Ok(Ok((state, wal))) => (state, Arc::new(wal)),
+            Ok(Err(e)) => return (Err(e), None),
+            Err(e) => {
+                let e = StartError::new(exit::START, format!("recovery thread: {e}"));
+                return (Err(e), None);
+            }
+        };
+        progress.set_phase(crate::replay::Phase::Ready);
+        let result = serve_recovered(
+            opts,
+            state,
+            wal.clone(),
+            metrics,
+            bound,
+            gate,
+            stop,
+            on_ready,
+        )
+        .await;
+        (result, Some(wal))
+    })
+}
+
+/// The full server, once recovery is done.
+#[allow(clippy::too_many_arguments)]
+async fn serve_recovered(
+    opts: &DaemonOptions,
+    state: State,
+    wal: Arc<Wal>,
+    metrics: web::Data<Metrics>,
+    bound: Bound,
+    gate: Gate,
+    stop: oneshot::Receiver<()>,
+    on_ready: impl FnOnce(Ready),
+) -> Result<(), StartError> {
+    {
         let epoch = state.epoch();
         let lsn = state.applied_lsn();
         // Replay does not keep the LSN of the last config change; the epoch
@@ -467,10 +695,6 @@ fn serve(
         .with_snapshots(snapshot_writer, opts.snapshot_policy)
         .start();
         metrics.watch_wal(wal.clone());
-        let gate = Gate {
-            token: token.map(Arc::new),
-            ..Gate::default()
-        };
         let handles = Handles {
             lock: Mailbox::new(lock.clone(), metrics.mailbox(MailboxOf::Lock)),
             config: Mailbox::new(config, metrics.mailbox(MailboxOf::Config)),
@@ -496,42 +720,23 @@ fn serve(
         // stops the server in its own order.
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_DRAIN_S);
-        let server = match listen {
-            Listen::Addr(addr) => server
-                .bind(&addr)
-                .map_err(|e| StartError::new(exit::START, format!("listen on {addr}: {e}")))?,
-            Listen::Listener(listener) => server
-                .workers(2)
-                .listen(listener)
-                .map_err(|e| StartError::new(exit::START, format!("listen: {e}")))?,
-        };
-        let server = match &opts.socket {
-            Some(path) => {
-                remove_stale_socket(path)?;
-                // Created owner-only from the start (umask), then made exactly
-                // 0600: no other user can connect between bind and chmod.
-                let old = umask(Mode::from_bits_truncate(0o177));
-                let bound = server.bind_uds(path);
-                umask(old);
-                let server = bound.map_err(|e| socket_error("bind", path, e))?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| socket_error("chmod", path, e))?;
-                if let Some(group) = &opts.socket_group {
-                    grant_group(path, group)?;
-                }
-                server
-            }
+        let server = match bound.workers {
+            Some(n) => server.workers(n),
             None => server,
         };
-        let addr = server
-            .addrs()
-            .first()
-            .map_or_else(|| opts.listen.clone(), |a| a.to_string());
+        let server = serve_on!(bound, server);
+        let addr = bound.addr.clone();
+        drop(bound);
         let running = server.run();
         let handle = running.handle();
         let mut running = actix_web::rt::spawn(running);
         tracing::info!(%addr, epoch, lsn, "ready");
-        on_ready(Ready { addr, epoch, lsn });
+        on_ready(Ready {
+            addr,
+            epoch,
+            lsn,
+            wal: wal.clone(),
+        });
         let result = tokio::select! {
             // The server only ends by itself on an error.
             ended = &mut running => server_ended(ended),
@@ -546,7 +751,7 @@ fn serve(
             tracing::info!("stopped cleanly");
         }
         result
-    })
+    }
 }
 
 fn server_ended(
@@ -673,16 +878,20 @@ pub fn start_in_process(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::new(exit::START, format!("listener address: {e}")))?;
-    let (wal, recovered) =
-        Wal::open_with(storage, &opts.data_dir, wal_options(opts)).map_err(wal_error)?;
     let metrics = web::Data::new(Metrics::new());
-    let state = prepare(opts, order, &wal, recovered, &metrics, &Progress::default())?;
-    let wal = Arc::new(wal);
+    let recover: Recover = {
+        let (opts, metrics) = (opts.clone(), metrics.clone());
+        Box::new(move |progress: &Progress| {
+            let (wal, recovered) =
+                Wal::open_with(storage, &opts.data_dir, wal_options(&opts)).map_err(wal_error)?;
+            let state = prepare(&opts, order, &wal, recovered, &metrics, progress)?;
+            Ok((state, wal))
+        })
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();
     let thread = {
         let opts = opts.clone();
-        let wal = wal.clone();
         std::thread::Builder::new()
             .name("wconfd-in-process".into())
             .spawn(move || {
@@ -690,9 +899,17 @@ pub fn start_in_process(
                     listen: Listen::Listener(listener),
                     token,
                 };
-                serve(&opts, state, wal, metrics, front, stop_rx, |ready| {
+                let (served, wal) = serve(&opts, recover, metrics, front, stop_rx, |ready| {
                     let _ = ready_tx.send(ready);
-                })
+                });
+                // A server that never became ready closes its log here; a
+                // ready one is closed by `InProcess::stop`.
+                if served.is_err() {
+                    if let Some(wal) = wal {
+                        let _ = wal.close();
+                    }
+                }
+                served
             })
             .map_err(|e| StartError::new(exit::START, format!("spawn server thread: {e}")))?
     };
@@ -703,7 +920,7 @@ pub fn start_in_process(
             lsn: ready.lsn,
             stop: Some(stop_tx),
             thread: Some(thread),
-            wal,
+            wal: ready.wal,
         }),
         // The server thread ended before it was ready: its error says why.
         Err(_) => Err(match thread.join() {

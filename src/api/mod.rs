@@ -337,3 +337,25 @@ async fn txn(h: web::Data<Handles>, body: web::Json<TxnRequest>) -> Result<HttpR
 async fn admin_snapshot(h: web::Data<Handles>) -> Result<HttpResponse, ApiError> {
     Ok(ok(ask(&h.lock, |reply| lock::TakeSnapshot { reply }).await?))
 }
+
+/// `/healthz` while the daemon recovers: 503, and where recovery is.
+pub async fn healthz_recovering(progress: web::Data<crate::replay::Progress>) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", error::RETRY_AFTER_S.to_string()))
+        .json(serde_json::json!({"state": "recovering", "progress": progress.view()}))
+}
+
+/// Every other route while the daemon recovers: 503 `recovering`.
+pub async fn recovering(progress: web::Data<crate::replay::Progress>) -> HttpResponse {
+    use actix_web::ResponseError;
+    let v = progress.view();
+    let message = format!(
+        "the daemon is recovering ({:?}, {:.1}% of {} records replayed); retry later",
+        v.phase, v.percent, v.records_total
+    );
+    ApiError {
+        retry_after_s: Some(error::RETRY_AFTER_S),
+        ..ApiError::new(503, "recovering", message)
+    }
+    .error_response()
+}

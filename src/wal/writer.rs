@@ -199,6 +199,14 @@ impl Wal {
     /// replays `Recovered::records()` before appending.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
         options.validate()?;
+        let lock = Wal::lock_dir(dir)?;
+        Wal::open_locked(lock, dir, options)
+    }
+
+    /// Creates `dir` if needed (its name made durable) and takes its
+    /// directory lock, without reading the log: a daemon owns the directory
+    /// first and recovers later, while it already answers `/healthz`.
+    pub fn lock_dir(dir: &Path) -> Result<DirLock, WalError> {
         if !dir.is_dir() {
             std::fs::create_dir_all(dir).map_err(|e| WalError::io("create directory", dir, e))?;
             // The new directory's own name must be durable before anything
@@ -209,7 +217,16 @@ impl Wal {
                     .map_err(|e| WalError::io("fsync directory", parent, e))?;
             }
         }
-        let lock = DirLock::acquire(dir)?;
+        DirLock::acquire(dir)
+    }
+
+    /// [`Wal::open`] with the directory lock already taken by
+    /// [`Wal::lock_dir`]; the log keeps the lock until it is dropped.
+    pub fn open_locked(
+        lock: DirLock,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovered), WalError> {
         let (mut wal, recovered) = Wal::open_with(Arc::new(StdStorage), dir, options)?;
         wal._lock = Some(lock);
         Ok((wal, recovered))

@@ -1,6 +1,7 @@
-//! Snapshots against the real `wconfd`: the admin endpoint, segment
-//! collection, restart from a snapshot after SIGKILL, fallback from a
-//! corrupt newest snapshot, and the refusal when nothing valid is left.
+//! Snapshots and start-up against the real `wconfd`: the admin endpoint,
+//! segment collection, restart from a snapshot after SIGKILL, fallback from
+//! a corrupt newest snapshot, the refusal when nothing valid is left, and
+//! `/healthz` while a long recovery runs.
 
 use std::path::{Path, PathBuf};
 
@@ -170,4 +171,109 @@ fn no_valid_snapshot_and_a_collected_log_start_refuse_to_start() {
     let (status, stderr) = refused(dir, ARGS);
     assert_eq!(status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("no snapshot that loads"), "{stderr}");
+}
+
+/// Writes a log of `records` small config transactions straight through
+/// the library's WAL (group-committed, so it is quick to build), for a
+/// recovery that takes a while.
+fn big_log(dir: &Path, records: u64) {
+    use wconf::replay::encode_record;
+    use wconf::state::Record;
+    let (wal, _) = wconf::wal::Wal::open(dir, wconf::wal::WalOptions::default()).unwrap();
+    let mut last = None;
+    let epoch = Record::Epoch {
+        epoch: 1,
+        started_unix_ms: 1,
+    };
+    let (kind, payload) = encode_record(&epoch).unwrap();
+    wal.append(kind, payload).unwrap().wait().unwrap();
+    for i in 0..records {
+        let record = Record::ConfigWrite {
+            session: None,
+            patch_json: format!(r#"[{{"op":"add","path":"/n","value":{i}}}]"#),
+            release_config: false,
+            request_id: None,
+        };
+        let (kind, payload) = encode_record(&record).unwrap();
+        last = Some(wal.append(kind, payload).unwrap());
+    }
+    last.unwrap().wait().unwrap();
+    wal.close().unwrap();
+}
+
+#[test]
+fn healthz_answers_503_with_progress_until_recovery_is_done() {
+    // Invariant: from the moment wconfd listens until its state is
+    // recovered, /healthz answers 503 {"state":"recovering","progress":..}
+    // and other routes 503 `recovering`; then /healthz answers 200 and the
+    // recovered state is served. The recovery is slow because the log is
+    // big, not because anything sleeps.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    const RECORDS: u64 = 40_000;
+    big_log(dir, RECORDS);
+    let port = crate::daemon::free_port();
+    let mut child = crate::daemon::command(dir, port, &[]).spawn().unwrap();
+    let guard = scopeguard(&mut child);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(5))
+        .build();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let (mut recovering, mut refused_status) = (0, false);
+    let ready = loop {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        // Pacing, not synchronisation: leave the CPU to the recovery.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        match agent.get(&format!("{base}/healthz")).call() {
+            Ok(resp) => break resp.into_json::<serde_json::Value>().unwrap(),
+            Err(ureq::Error::Status(503, resp)) => {
+                let body: serde_json::Value = resp.into_json().unwrap();
+                assert_eq!(body["state"], "recovering", "{body}");
+                assert!(body["progress"]["phase"].is_string(), "{body}");
+                recovering += 1;
+                if !refused_status {
+                    match agent.get(&format!("{base}/v1/status")).call() {
+                        Err(ureq::Error::Status(503, resp)) => {
+                            let body: serde_json::Value = resp.into_json().unwrap();
+                            assert_eq!(body["error"]["code"], "recovering", "{body}");
+                            refused_status = true;
+                        }
+                        // Recovery ended in between.
+                        Ok(_) => {}
+                        Err(e) => panic!("status during recovery: {e}"),
+                    }
+                }
+            }
+            // Not listening yet.
+            Err(ureq::Error::Transport(_)) => {}
+            Err(e) => panic!("healthz: {e}"),
+        }
+    };
+    assert!(
+        recovering > 0,
+        "no 503 seen: recovery was too quick to observe"
+    );
+    assert!(refused_status, "no route answered 503 recovering");
+    assert_eq!(ready["ok"], true, "{ready}");
+    let value: serde_json::Value = agent
+        .get(&format!("{base}/v1/config/n"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(value["value"], RECORDS - 1, "{value}");
+    drop(guard);
+}
+
+/// Kills the child when the test ends, however it ends.
+fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    Kill(child)
 }
