@@ -22,7 +22,7 @@
 //! first, which a client retrying promptly never notices. Eviction happens
 //! in `apply`, so replay forgets exactly what the live daemon forgot.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,19 +101,21 @@ pub fn entry_bytes(request_id: &str, outcome: &Outcome) -> usize {
 /// arrival number, so the table can find its oldest entry overall.
 #[derive(Clone, Debug, Default)]
 struct Bucket {
-    order: VecDeque<(u64, String)>,
-    outcomes: HashMap<String, Outcome>,
+    order: imbl::Vector<(u64, String)>,
+    outcomes: imbl::HashMap<String, Outcome>,
 }
 
 /// Where an entry lives: a session's bucket, or (None) the transactions'.
 type BucketKey = Option<SessionId>;
 
+/// Every part is a persistent structure (up to `DEDUP_BYTES_MAX` of
+/// entries), so a snapshot's copy is O(1) and never stalls the lock actor.
 #[derive(Clone, Debug)]
 pub struct Dedup {
-    sessions: BTreeMap<SessionId, Bucket>,
+    sessions: imbl::OrdMap<SessionId, Bucket>,
     txn: Bucket,
     /// Arrival number -> bucket, for every entry: the table-wide FIFO.
-    by_age: BTreeMap<u64, BucketKey>,
+    by_age: imbl::OrdMap<u64, BucketKey>,
     next_age: u64,
     /// Sum of `entry_bytes` over all entries.
     bytes: usize,
@@ -150,9 +152,9 @@ impl Dedup {
     /// [`DEDUP_BYTES_MAX`] (replay must forget what the live daemon forgot).
     pub(crate) fn with_bytes_max(bytes_max: usize) -> Self {
         Dedup {
-            sessions: BTreeMap::new(),
+            sessions: imbl::OrdMap::new(),
             txn: Bucket::default(),
-            by_age: BTreeMap::new(),
+            by_age: imbl::OrdMap::new(),
             next_age: 0,
             bytes: 0,
             bytes_max,
@@ -211,7 +213,7 @@ impl Dedup {
         bucket.outcomes.insert(request_id, outcome);
         self.by_age.insert(age, session);
         while self.bytes > self.bytes_max {
-            let Some((_, oldest)) = self.by_age.first_key_value() else {
+            let Some((_, oldest)) = self.by_age.get_min() else {
                 break;
             };
             self.evict_oldest_of(*oldest);

@@ -176,9 +176,12 @@ pub struct GrantPass {
 #[derive(Clone, Debug, Default)]
 pub struct LockTable {
     /// Persisted: name -> holders. An entry always has at least one holder.
-    held: BTreeMap<String, BTreeMap<SessionId, Hold>>,
+    /// Persistent maps (here and below), so a snapshot's copy is O(1) and
+    /// the lock actor never stalls on it; a holder set is small and cloned
+    /// with its node on the first write after a copy.
+    held: imbl::OrdMap<String, BTreeMap<SessionId, Hold>>,
     /// Derived from `held`: the names each session holds.
-    by_session: BTreeMap<SessionId, BTreeSet<String>>,
+    by_session: imbl::OrdMap<SessionId, imbl::OrdSet<String>>,
     // Live only from here on.
     order: LockOrder,
     queue: BTreeMap<WaitKey, Waiter>,

@@ -35,7 +35,8 @@ pub struct SessionInfo {
 /// knows; lease deadlines are live-only.
 #[derive(Clone, Debug, Default)]
 pub struct Sessions {
-    open: BTreeMap<SessionId, SessionInfo>,
+    /// A persistent map, so a snapshot's copy is O(1).
+    open: imbl::OrdMap<SessionId, SessionInfo>,
     /// Lease deadline (monotonic ms) per session. A session missing here has
     /// not started its lease yet: it was just opened or just recovered.
     deadlines_ms: BTreeMap<SessionId, u64>,
