@@ -7,6 +7,8 @@
 //!   thread's work; the actor does not wait for it).
 //! - `restart/after_snapshot`: `wconfd` from spawn to its ready line, right
 //!   after a snapshot of a 100 MB config (target: under 1 s).
+//! - `restart/after_snapshot_full_tables`: the same with the full tables
+//!   too (and their million records in the log before the snapshot).
 //! - `restart/records_after_snapshot`: the same with a 10 MB config and
 //!   1,000,000 records since the snapshot (target: under 2 s).
 //!
@@ -228,9 +230,18 @@ fn benches(c: &mut Criterion) {
     g.finish();
     drop(state);
 
+    let config_only = dir("snapshot-config");
+    let mut b = Builder::new(&config_only);
+    b.config(config_mb);
+    b.snapshot();
+    b.finish();
+
     let mut g = c.benchmark_group("restart");
     g.sample_size(10);
     g.bench_function("after_snapshot", |bench| {
+        bench.iter_custom(|iters| (0..iters).map(|_| restart(&config_only)).sum())
+    });
+    g.bench_function("after_snapshot_full_tables", |bench| {
         bench.iter_custom(|iters| (0..iters).map(|_| restart(&big)).sum())
     });
 
