@@ -5,9 +5,17 @@
 //! `StdStorage` is the real thing. `MemStorage` models a POSIX file system
 //! with a volatile page cache: file contents become durable on `sync_data` /
 //! `sync_all`, and directory entries (creates, renames, unlinks) only on
-//! `sync_dir` of their directory. A simulated crash keeps only durable state.
+//! `sync_dir` of their directory. A simulated crash keeps only durable state,
+//! or some mix of it with what was not synced yet ([`CrashMode`]).
+//!
+//! A test may ask `MemStorage` to record every operation ([`StorageOp`]) and
+//! rebuild the file system as it was after any prefix of them
+//! ([`MemStorage::apply_op`]), so it can crash the machine at every boundary
+//! between two operations.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -150,6 +158,8 @@ pub enum Fault {
     AllocateNoSpace,
     /// `sync_dir` fails with EIO.
     SyncDirIo,
+    /// `read` (the whole-file view recovery scans) fails with EIO.
+    ReadIo,
 }
 
 impl Fault {
@@ -158,7 +168,7 @@ impl Fault {
             Fault::WriteNoSpace | Fault::AllocateNoSpace => {
                 io::Error::from_raw_os_error(nix::libc::ENOSPC)
             }
-            Fault::WriteIo | Fault::SyncIo | Fault::SyncDirIo => {
+            Fault::WriteIo | Fault::SyncIo | Fault::SyncDirIo | Fault::ReadIo => {
                 io::Error::from_raw_os_error(nix::libc::EIO)
             }
         }
@@ -182,10 +192,110 @@ struct Inode {
     unsynced: Vec<Unsynced>,
 }
 
+/// One directory change not yet covered by a directory sync. A crash keeps
+/// a prefix of them in order, as a metadata journal does.
+#[derive(Debug, Clone)]
+enum DirChange {
+    Link(String, u64),
+    Unlink(String),
+    Rename(String, String),
+}
+
+impl DirChange {
+    fn apply(&self, entries: &mut BTreeMap<String, u64>) {
+        match self {
+            DirChange::Link(name, ino) => {
+                entries.insert(name.clone(), *ino);
+            }
+            DirChange::Unlink(name) => {
+                entries.remove(name);
+            }
+            DirChange::Rename(from, to) => {
+                if let Some(ino) = entries.remove(from) {
+                    entries.insert(to.clone(), ino);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Dir {
     live: BTreeMap<String, u64>,
     durable: BTreeMap<String, u64>,
+    unsynced: Vec<DirChange>,
+}
+
+/// One file-system operation that changed something, as `MemStorage`
+/// records it (see [`MemStorage::record_ops`]). Files are named by inode, so
+/// [`MemStorage::apply_op`] replays a log exactly; `path` is the name the
+/// file had then, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageOp {
+    CreateDir {
+        dir: PathBuf,
+    },
+    Create {
+        path: PathBuf,
+        ino: u64,
+    },
+    Write {
+        path: PathBuf,
+        ino: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    SetLen {
+        path: PathBuf,
+        ino: u64,
+        len: u64,
+    },
+    Allocate {
+        path: PathBuf,
+        ino: u64,
+        len: u64,
+    },
+    Sync {
+        path: PathBuf,
+        ino: u64,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Remove {
+        path: PathBuf,
+    },
+    SyncDir {
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for StorageOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageOp::CreateDir { dir } => write!(f, "mkdir {}", dir.display()),
+            StorageOp::Create { path, .. } => write!(f, "create {}", path.display()),
+            StorageOp::Write {
+                path, offset, data, ..
+            } => write!(
+                f,
+                "write {} [{offset}..{})",
+                path.display(),
+                offset + data.len() as u64
+            ),
+            StorageOp::SetLen { path, len, .. } => write!(f, "set_len {} {len}", path.display()),
+            StorageOp::Allocate { path, len, .. } => {
+                write!(f, "allocate {} {len}", path.display())
+            }
+            StorageOp::Sync { path, .. } => write!(f, "fsync {}", path.display()),
+            StorageOp::Rename { from, to } => {
+                write!(f, "rename {} -> {}", from.display(), to.display())
+            }
+            StorageOp::Remove { path } => write!(f, "unlink {}", path.display()),
+            StorageOp::SyncDir { dir } => write!(f, "fsync dir {}", dir.display()),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -198,6 +308,8 @@ struct MemFs {
     /// Counts of operations, for tests that arm faults relative to them.
     syncs: u64,
     writes: u64,
+    /// Every change, in order, while a test records them.
+    log: Option<Vec<StorageOp>>,
 }
 
 /// An in-memory file system with a simulated page cache; cheap to clone
@@ -243,7 +355,7 @@ impl SyncGate {
     }
 }
 
-/// How a crash treats writes that were not synced.
+/// How a crash treats writes and directory changes that were not synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashMode {
     /// Every unsynced write and unsynced directory change is lost.
@@ -251,9 +363,18 @@ pub enum CrashMode {
     /// Every unsynced write reaches the disk; unsynced directory changes
     /// are still lost.
     KeepUnsyncedWrites,
+    /// Everything not synced reaches the disk, directory changes included:
+    /// the page cache was written back just before the power went.
+    KeepEverything,
     /// Each unsynced write is kept, dropped, or torn at a 512-byte sector
     /// boundary (the torn part is zeros or garbage), chosen by the seed.
     Torn { seed: u64 },
+    /// A random mix, chosen by the seed: per file, the unsynced writes reach
+    /// the disk in a shuffled order (or in order), each whole, not at all,
+    /// or torn at sectors of 512 B or 4 KiB (each sector of it new, old,
+    /// zeros or garbage); an unsynced size change is kept or lost; per
+    /// directory, a prefix (possibly empty) of the unsynced changes is kept.
+    Mix { seed: u64 },
 }
 
 fn split(path: &Path) -> io::Result<(PathBuf, String)> {
@@ -325,6 +446,141 @@ impl MemFs {
             .copied()
             .ok_or_else(not_found)
     }
+    fn inode(&mut self, ino: u64) -> io::Result<&mut Inode> {
+        self.inodes.get_mut(&ino).ok_or_else(not_found)
+    }
+    fn record(&mut self, op: impl FnOnce() -> StorageOp) {
+        if let Some(log) = &mut self.log {
+            log.push(op());
+        }
+    }
+    /// A name of inode `ino` now, for the log's messages.
+    fn name_of(&self, ino: u64) -> PathBuf {
+        self.dirs
+            .iter()
+            .find_map(|(dir, d)| {
+                d.live
+                    .iter()
+                    .find(|(_, i)| **i == ino)
+                    .map(|(n, _)| dir.join(n))
+            })
+            .unwrap_or_else(|| PathBuf::from(format!("<inode {ino}>")))
+    }
+
+    // The changes themselves: the live calls and `apply_op` both go
+    // through these, and each records itself.
+
+    fn do_create_dir(&mut self, dir: &Path) {
+        if !self.dirs.contains_key(dir) {
+            self.dirs.insert(dir.to_path_buf(), Dir::default());
+            self.record(|| StorageOp::CreateDir {
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+    fn do_create(&mut self, path: &Path, ino: u64) -> io::Result<()> {
+        let (dir, name) = split(path)?;
+        let d = self.dir(&dir)?;
+        if d.live.contains_key(&name) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        d.live.insert(name.clone(), ino);
+        d.unsynced.push(DirChange::Link(name, ino));
+        self.next_ino = self.next_ino.max(ino + 1);
+        self.inodes.insert(ino, Inode::default());
+        self.record(|| StorageOp::Create {
+            path: path.to_path_buf(),
+            ino,
+        });
+        Ok(())
+    }
+    fn do_write(&mut self, ino: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.writes += 1;
+        let inode = self.inode(ino)?;
+        apply_write(&mut inode.live, offset, data);
+        inode.unsynced.push(Unsynced::Write {
+            offset,
+            data: data.to_vec(),
+        });
+        if self.log.is_some() {
+            let path = self.name_of(ino);
+            self.record(|| StorageOp::Write {
+                path,
+                ino,
+                offset,
+                data: data.to_vec(),
+            });
+        }
+        Ok(())
+    }
+    fn do_sync(&mut self, ino: u64) -> io::Result<()> {
+        self.syncs += 1;
+        let inode = self.inode(ino)?;
+        inode.durable = inode.live.clone();
+        inode.unsynced.clear();
+        if self.log.is_some() {
+            let path = self.name_of(ino);
+            self.record(|| StorageOp::Sync { path, ino });
+        }
+        Ok(())
+    }
+    fn do_set_len(&mut self, ino: u64, len: u64) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        inode.live.resize(len as usize, 0);
+        inode.unsynced.push(Unsynced::SetLen(len));
+        if self.log.is_some() {
+            let path = self.name_of(ino);
+            self.record(|| StorageOp::SetLen { path, ino, len });
+        }
+        Ok(())
+    }
+    fn do_allocate(&mut self, ino: u64, len: u64) -> io::Result<()> {
+        let inode = self.inode(ino)?;
+        if (inode.live.len() as u64) < len {
+            inode.live.resize(len as usize, 0);
+            inode.unsynced.push(Unsynced::SetLen(len));
+        }
+        if self.log.is_some() {
+            let path = self.name_of(ino);
+            self.record(|| StorageOp::Allocate { path, ino, len });
+        }
+        Ok(())
+    }
+    fn do_rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from_dir, from_name) = split(from)?;
+        let (to_dir, to_name) = split(to)?;
+        if from_dir != to_dir {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let d = self.dir(&from_dir)?;
+        let ino = d.live.remove(&from_name).ok_or_else(not_found)?;
+        d.live.insert(to_name.clone(), ino);
+        d.unsynced.push(DirChange::Rename(from_name, to_name));
+        self.record(|| StorageOp::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        });
+        Ok(())
+    }
+    fn do_remove(&mut self, path: &Path) -> io::Result<()> {
+        let (dir, name) = split(path)?;
+        let d = self.dir(&dir)?;
+        d.live.remove(&name).ok_or_else(not_found)?;
+        d.unsynced.push(DirChange::Unlink(name));
+        self.record(|| StorageOp::Remove {
+            path: path.to_path_buf(),
+        });
+        Ok(())
+    }
+    fn do_sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let d = self.dir(dir)?;
+        d.durable = d.live.clone();
+        d.unsynced.clear();
+        self.record(|| StorageOp::SyncDir {
+            dir: dir.to_path_buf(),
+        });
+        Ok(())
+    }
 }
 
 impl MemStorage {
@@ -341,6 +597,11 @@ impl MemStorage {
     /// Arms `fault` to fire on the call of its kind after `pass` more calls.
     pub fn inject(&self, fault: Fault, pass: u64) {
         self.fs().faults.push((fault, pass));
+    }
+
+    /// How many injected faults are still armed (have not fired).
+    pub fn faults_armed(&self) -> usize {
+        self.fs().faults.len()
     }
 
     /// From now on, file syncs block until the returned guard is dropped
@@ -374,54 +635,133 @@ impl MemStorage {
         self.fs().writes
     }
 
+    /// From now on, records every change (see [`StorageOp`]). Off by
+    /// default: only crash-state tests pay for the copies of written data.
+    pub fn record_ops(&self) {
+        self.fs().log.get_or_insert_with(Vec::new);
+    }
+
+    /// How many changes were recorded so far.
+    pub fn op_count(&self) -> usize {
+        self.fs().log.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The changes recorded so far, in order.
+    pub fn ops(&self) -> Vec<StorageOp> {
+        self.fs().log.clone().unwrap_or_default()
+    }
+
+    /// Applies one recorded change exactly as the call that recorded it
+    /// did, so a fresh `MemStorage` fed a log's first `k` changes is the
+    /// file system (page cache and disk) as it was after them.
+    pub fn apply_op(&self, op: &StorageOp) -> io::Result<()> {
+        let mut fs = self.fs();
+        match op {
+            StorageOp::CreateDir { dir } => {
+                fs.do_create_dir(dir);
+                Ok(())
+            }
+            StorageOp::Create { path, ino } => fs.do_create(path, *ino),
+            StorageOp::Write {
+                ino, offset, data, ..
+            } => fs.do_write(*ino, *offset, data),
+            StorageOp::SetLen { ino, len, .. } => fs.do_set_len(*ino, *len),
+            StorageOp::Allocate { ino, len, .. } => fs.do_allocate(*ino, *len),
+            StorageOp::Sync { ino, .. } => fs.do_sync(*ino),
+            StorageOp::Rename { from, to } => fs.do_rename(from, to),
+            StorageOp::Remove { path } => fs.do_remove(path),
+            StorageOp::SyncDir { dir } => fs.do_sync_dir(dir),
+        }
+    }
+
+    /// A hash of what a reader sees: every directory's names and the bytes
+    /// of each file (not inode numbers). Equal file systems hash equal, so a
+    /// test can recover each distinct crash image once.
+    pub fn fingerprint(&self) -> u64 {
+        let fs = self.fs();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (path, dir) in &fs.dirs {
+            path.hash(&mut h);
+            for (name, ino) in &dir.live {
+                name.hash(&mut h);
+                fs.inodes[ino].live.hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
     /// The file system as a machine would find it after power loss now. The
     /// original is left as it is.
     pub fn crash(&self, mode: CrashMode) -> MemStorage {
         let fs = self.fs();
         let mut rng = SplitMix(match mode {
-            CrashMode::Torn { seed } => seed,
+            CrashMode::Torn { seed } | CrashMode::Mix { seed } => seed,
             _ => 0,
         });
+        let sector: usize = match mode {
+            CrashMode::Mix { .. } if rng.below(2) == 0 => 4096,
+            _ => 512,
+        };
         let mut out = MemFs {
             next_ino: fs.next_ino,
             ..MemFs::default()
         };
         for (path, dir) in &fs.dirs {
+            let entries = match mode {
+                CrashMode::KeepEverything => dir.live.clone(),
+                CrashMode::Mix { .. } => {
+                    let keep = rng.below(dir.unsynced.len() as u64 + 1) as usize;
+                    let mut entries = dir.durable.clone();
+                    for change in &dir.unsynced[..keep] {
+                        change.apply(&mut entries);
+                    }
+                    entries
+                }
+                _ => dir.durable.clone(),
+            };
+            for ino in entries.values() {
+                if out.inodes.contains_key(ino) {
+                    continue;
+                }
+                let inode = &fs.inodes[ino];
+                let image = match mode {
+                    CrashMode::DropUnsynced => inode.durable.clone(),
+                    CrashMode::KeepUnsyncedWrites | CrashMode::KeepEverything => inode.live.clone(),
+                    CrashMode::Torn { .. } => {
+                        let mut image = inode.durable.clone();
+                        for w in &inode.unsynced {
+                            match w {
+                                Unsynced::Write { offset, data } => {
+                                    torn_write(&mut rng, &mut image, *offset, data)
+                                }
+                                Unsynced::SetLen(len) => {
+                                    if rng.below(2) == 0 {
+                                        image.resize(*len as usize, 0);
+                                    }
+                                }
+                            }
+                        }
+                        image
+                    }
+                    CrashMode::Mix { .. } => mixed_image(&mut rng, inode, sector),
+                };
+                out.inodes.insert(
+                    *ino,
+                    Inode {
+                        live: image.clone(),
+                        durable: image,
+                        unsynced: vec![],
+                    },
+                );
+            }
             out.dirs.insert(
                 path.clone(),
                 Dir {
-                    live: dir.durable.clone(),
-                    durable: dir.durable.clone(),
+                    live: entries.clone(),
+                    durable: entries,
+                    unsynced: vec![],
                 },
             );
-            for ino in dir.durable.values() {
-                let inode = &fs.inodes[ino];
-                let mut image = inode.durable.clone();
-                for w in &inode.unsynced {
-                    match (mode, w) {
-                        (CrashMode::DropUnsynced, _) => {}
-                        (CrashMode::KeepUnsyncedWrites, Unsynced::Write { offset, data }) => {
-                            apply_write(&mut image, *offset, data)
-                        }
-                        (CrashMode::KeepUnsyncedWrites, Unsynced::SetLen(len)) => {
-                            image.resize(*len as usize, 0)
-                        }
-                        (CrashMode::Torn { .. }, Unsynced::Write { offset, data }) => {
-                            torn_write(&mut rng, &mut image, *offset, data)
-                        }
-                        (CrashMode::Torn { .. }, Unsynced::SetLen(len)) => {
-                            if rng.below(2) == 0 {
-                                image.resize(*len as usize, 0);
-                            }
-                        }
-                    }
-                }
-                out.inodes.entry(*ino).or_insert(Inode {
-                    live: image.clone(),
-                    durable: image,
-                    unsynced: vec![],
-                });
-            }
         }
         MemStorage {
             fs: Arc::new(Mutex::new(out)),
@@ -471,6 +811,62 @@ fn torn_write(rng: &mut SplitMix, image: &mut Vec<u8>, offset: u64, data: &[u8])
     }
 }
 
+/// A file's image under [`CrashMode::Mix`]: its durable bytes plus its
+/// unsynced changes, shuffled or not, each kept, dropped or torn.
+fn mixed_image(rng: &mut SplitMix, inode: &Inode, sector: usize) -> Vec<u8> {
+    let mut order: Vec<&Unsynced> = inode.unsynced.iter().collect();
+    if rng.below(2) == 0 {
+        // Fisher-Yates: the disk may write back dirty pages in any order.
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+    let mut image = inode.durable.clone();
+    for change in order {
+        match change {
+            Unsynced::SetLen(len) => {
+                if rng.below(2) == 0 {
+                    image.resize(*len as usize, 0);
+                }
+            }
+            Unsynced::Write { offset, data } => match rng.below(4) {
+                0 => {}
+                1 => apply_write(&mut image, *offset, data),
+                _ => torn_sectors(rng, &mut image, *offset, data, sector),
+            },
+        }
+    }
+    image
+}
+
+/// Tears one write at the disk's sector boundaries (absolute offsets): each
+/// sector it touches ends up new, old, zeros or garbage.
+fn torn_sectors(rng: &mut SplitMix, image: &mut Vec<u8>, offset: u64, data: &[u8], sector: usize) {
+    let start = offset as usize;
+    let end = start + data.len();
+    let mut at = start;
+    while at < end {
+        let next = ((at / sector + 1) * sector).min(end);
+        let part = &data[at - start..next - start];
+        match rng.below(4) {
+            0 => apply_write(image, at as u64, part),
+            1 => {
+                // Not written: the old bytes stay, but the file still
+                // reaches past them if the write extended it.
+                if image.len() < next {
+                    image.resize(next, 0);
+                }
+            }
+            2 => apply_write(image, at as u64, &vec![0; part.len()]),
+            _ => {
+                let garbage: Vec<u8> = part.iter().map(|_| rng.next() as u8).collect();
+                apply_write(image, at as u64, &garbage);
+            }
+        }
+        at = next;
+    }
+}
+
 struct MemFile {
     fs: Arc<Mutex<MemFs>>,
     gate: Arc<SyncGate>,
@@ -488,47 +884,26 @@ impl StorageFile for MemFile {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.with(|fs, ino| {
             fs.check_fault(&[Fault::WriteNoSpace, Fault::WriteIo])?;
-            fs.writes += 1;
-            let inode = fs.inodes.get_mut(&ino).ok_or_else(not_found)?;
-            apply_write(&mut inode.live, offset, buf);
-            inode.unsynced.push(Unsynced::Write {
-                offset,
-                data: buf.to_vec(),
-            });
-            Ok(())
+            fs.do_write(ino, offset, buf)
         })
     }
     fn sync_data(&mut self) -> io::Result<()> {
         self.gate.pass();
         self.with(|fs, ino| {
             fs.check_fault(&[Fault::SyncIo])?;
-            fs.syncs += 1;
-            let inode = fs.inodes.get_mut(&ino).ok_or_else(not_found)?;
-            inode.durable = inode.live.clone();
-            inode.unsynced.clear();
-            Ok(())
+            fs.do_sync(ino)
         })
     }
     fn sync_all(&mut self) -> io::Result<()> {
         self.sync_data()
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.with(|fs, ino| {
-            let inode = fs.inodes.get_mut(&ino).ok_or_else(not_found)?;
-            inode.live.resize(len as usize, 0);
-            inode.unsynced.push(Unsynced::SetLen(len));
-            Ok(())
-        })
+        self.with(|fs, ino| fs.do_set_len(ino, len))
     }
     fn allocate(&mut self, len: u64) -> io::Result<()> {
         self.with(|fs, ino| {
             fs.check_fault(&[Fault::AllocateNoSpace])?;
-            let inode = fs.inodes.get_mut(&ino).ok_or_else(not_found)?;
-            if (inode.live.len() as u64) < len {
-                inode.live.resize(len as usize, 0);
-                inode.unsynced.push(Unsynced::SetLen(len));
-            }
-            Ok(())
+            fs.do_allocate(ino, len)
         })
     }
 }
@@ -537,7 +912,7 @@ impl Storage for MemStorage {
     /// Directories are created durably at once: the WAL never relies on a
     /// directory's own creation being synced after the fact.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.fs().dirs.entry(dir.to_path_buf()).or_default();
+        self.fs().do_create_dir(dir);
         Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -548,16 +923,9 @@ impl Storage for MemStorage {
         Ok(fs.dirs.contains_key(path) || fs.lookup(path).is_ok())
     }
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let (dir, name) = split(path)?;
         let mut fs = self.fs();
         let ino = fs.next_ino;
-        let d = fs.dir(&dir)?;
-        if d.live.contains_key(&name) {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-        }
-        d.live.insert(name, ino);
-        fs.next_ino += 1;
-        fs.inodes.insert(ino, Inode::default());
+        fs.do_create(path, ino)?;
         Ok(Box::new(MemFile {
             fs: self.fs.clone(),
             gate: self.gate.clone(),
@@ -573,37 +941,21 @@ impl Storage for MemStorage {
         }))
     }
     fn read(&self, path: &Path) -> io::Result<ReadView> {
-        let fs = self.fs();
+        let mut fs = self.fs();
+        fs.check_fault(&[Fault::ReadIo])?;
         let ino = fs.lookup(path)?;
         Ok(Box::new(fs.inodes[&ino].live.clone()))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (from_dir, from_name) = split(from)?;
-        let (to_dir, to_name) = split(to)?;
-        if from_dir != to_dir {
-            return Err(io::Error::from(io::ErrorKind::Unsupported));
-        }
-        let mut fs = self.fs();
-        let d = fs.dir(&from_dir)?;
-        let ino = d.live.remove(&from_name).ok_or_else(not_found)?;
-        d.live.insert(to_name, ino);
-        Ok(())
+        self.fs().do_rename(from, to)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        let (dir, name) = split(path)?;
-        self.fs()
-            .dir(&dir)?
-            .live
-            .remove(&name)
-            .ok_or_else(not_found)?;
-        Ok(())
+        self.fs().do_remove(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut fs = self.fs();
         fs.check_fault(&[Fault::SyncDirIo])?;
-        let d = fs.dir(dir)?;
-        d.durable = d.live.clone();
-        Ok(())
+        fs.do_sync_dir(dir)
     }
 }
 
@@ -649,6 +1001,119 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_op_log_rebuilds_the_file_system_at_every_prefix() {
+        // Invariant: a fresh MemStorage fed the first k recorded operations
+        // crashes (in every mode) exactly as the original did after them.
+        let mem = MemStorage::new();
+        mem.record_ops();
+        let dir = Path::new("/d");
+        let mut snapshots = vec![];
+        let modes = [
+            CrashMode::DropUnsynced,
+            CrashMode::KeepUnsyncedWrites,
+            CrashMode::KeepEverything,
+            CrashMode::Torn { seed: 3 },
+            CrashMode::Mix { seed: 4 },
+        ];
+        let fingerprints = |m: &MemStorage| -> Vec<u64> {
+            modes.iter().map(|c| m.crash(*c).fingerprint()).collect()
+        };
+        snapshots.push(fingerprints(&mem));
+        mem.create_dir_all(dir).unwrap();
+        snapshots.push(fingerprints(&mem));
+        let mut a = mem.create_new(&dir.join("a.tmp")).unwrap();
+        snapshots.push(fingerprints(&mem));
+        a.allocate(8192).unwrap();
+        snapshots.push(fingerprints(&mem));
+        a.write_all_at(&[7; 5000], 100).unwrap();
+        snapshots.push(fingerprints(&mem));
+        a.sync_all().unwrap();
+        snapshots.push(fingerprints(&mem));
+        mem.rename(&dir.join("a.tmp"), &dir.join("a")).unwrap();
+        snapshots.push(fingerprints(&mem));
+        a.write_all_at(b"tail", 5100).unwrap();
+        snapshots.push(fingerprints(&mem));
+        a.set_len(6000).unwrap();
+        snapshots.push(fingerprints(&mem));
+        mem.sync_dir(dir).unwrap();
+        snapshots.push(fingerprints(&mem));
+        mem.remove(&dir.join("a")).unwrap();
+        snapshots.push(fingerprints(&mem));
+        let ops = mem.ops();
+        assert_eq!(ops.len() + 1, snapshots.len());
+        let replay = MemStorage::new();
+        for (k, expected) in snapshots.iter().enumerate() {
+            assert_eq!(&fingerprints(&replay), expected, "after {k} operations");
+            if let Some(op) = ops.get(k) {
+                replay.apply_op(op).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn keep_everything_keeps_unsynced_names_and_mixes_keep_a_prefix_of_them() {
+        // Invariant: KeepEverything is the page cache as it was; a Mix keeps
+        // the unsynced directory changes only as a prefix in their order,
+        // so a rename never survives without the create before it.
+        let mem = MemStorage::new();
+        let dir = Path::new("/d");
+        mem.create_dir_all(dir).unwrap();
+        let mut f = mem.create_new(&dir.join("x.tmp")).unwrap();
+        f.write_all_at(b"data", 0).unwrap();
+        f.sync_all().unwrap();
+        mem.rename(&dir.join("x.tmp"), &dir.join("x")).unwrap();
+        let kept = mem.crash(CrashMode::KeepEverything);
+        assert_eq!(kept.list(dir).unwrap(), vec!["x".to_string()]);
+        assert_eq!(&**kept.read(&dir.join("x")).unwrap(), b"data");
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let names = mem.crash(CrashMode::Mix { seed }).list(dir).unwrap();
+            assert!(
+                names.is_empty() || names == ["x.tmp"] || names == ["x"],
+                "seed {seed}: {names:?} is not a prefix of create, rename"
+            );
+            seen.insert(names);
+        }
+        assert_eq!(seen.len(), 3, "some prefix never chosen: {seen:?}");
+    }
+
+    #[test]
+    fn mixes_tear_unsynced_writes_at_sector_boundaries() {
+        // Invariant: under Mix, durable bytes never change, and each
+        // sector-aligned piece of an unsynced write is either the new data,
+        // the old bytes, zeros or garbage; over many seeds all of whole,
+        // dropped and torn writes occur.
+        let mem = MemStorage::new();
+        let dir = Path::new("/d");
+        mem.create_dir_all(dir).unwrap();
+        let mut f = mem.create_new(&dir.join("f")).unwrap();
+        mem.sync_dir(dir).unwrap();
+        f.write_all_at(&[1; 1000], 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(&[2; 9000], 1000).unwrap();
+        let (mut whole, mut dropped, mut torn) = (0, 0, 0);
+        for seed in 0..200 {
+            let image = mem.crash(CrashMode::Mix { seed });
+            let bytes = image.read(&dir.join("f")).unwrap().to_vec();
+            assert!(
+                bytes[..1000].iter().all(|b| *b == 1),
+                "seed {seed}: durable bytes changed"
+            );
+            if bytes.len() == 1000 {
+                dropped += 1;
+            } else if bytes[1000..].iter().all(|b| *b == 2) {
+                whole += 1;
+            } else {
+                torn += 1;
+            }
+        }
+        assert!(
+            whole > 0 && dropped > 0 && torn > 0,
+            "{whole} {dropped} {torn}"
+        );
+    }
+
+    #[test]
     fn injected_faults_fire_once_after_the_given_passes() {
         // Invariant: a fault armed with pass=n lets n calls through, fails the next, then disarms.
         let mem = MemStorage::new();
@@ -662,6 +1127,14 @@ mod tests {
             Some(nix::libc::EIO)
         );
         f.sync_data().unwrap();
+        mem.inject(Fault::ReadIo, 0);
+        assert_eq!(
+            mem.read(&dir.join("f"))
+                .err()
+                .and_then(|e| e.raw_os_error()),
+            Some(nix::libc::EIO)
+        );
+        assert!(mem.read(&dir.join("f")).is_ok());
     }
 
     #[test]

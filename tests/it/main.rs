@@ -18,6 +18,10 @@
 //!   restarted.
 //! - `metrics`: `GET /metrics` counts exactly what clients did, keeps its
 //!   labels bounded, and answers while the lock actor is stuck.
+//! - `crash_states`: simulated power loss after every storage operation of
+//!   every short workload and of random long ones, each crash state
+//!   recovered by the real recovery and judged by the invariants of issue 6;
+//!   and storage faults (EIO, ENOSPC, bit flips, read errors).
 //! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
 //!   in-process on `MemStorage`.
 //! - `service`: the `--config` file under environment and flags,
@@ -35,6 +39,7 @@ mod access;
 mod api_edges;
 mod backpressure;
 mod bench;
+mod crash_states;
 mod daemon;
 mod drill;
 mod fairness;
