@@ -682,14 +682,15 @@ async fn serve_recovered(
         let wal_actor = WalActor::start_in_arbiter(&wal_arbiter.handle(), move |_| {
             WalActor::new(wal_for_actor)
         });
-        let config = ConfigActor::new(state.config().clone(), config_lsn, wal.clone()).start();
+        let (config_tx, config_rx) = tokio::sync::watch::channel(state.config().clone());
+        let config = ConfigActor::new(config_rx, config_lsn, wal.clone()).start();
         let snapshot_writer = SnapshotWriter::start(wal.clone())
             .map_err(|e| StartError::new(exit::START, format!("start the snapshot writer: {e}")))?;
         let lock = LockActor::new(
             state,
             wal.clone(),
             wal_actor,
-            config.clone(),
+            config_tx,
             metrics.clone().into_inner(),
         )
         .with_snapshots(snapshot_writer, opts.snapshot_policy)

@@ -4,11 +4,12 @@
 //! which it applies records is the LSN order.
 //!
 //! One message is one *step*: decide, apply each record in memory at the
-//! next LSN (so the next decision sees it), then, without taking another
-//! message (`ctx.wait`), publish config changes to the config actor and hand
-//! the records to the WAL actor. The step's answers are sent only when the
+//! next LSN (so the next decision sees it), then, before taking another
+//! message, publish the document if it changed and queue the step's records
+//! in the log in one piece. The step's answers are sent only when the
 //! step's last LSN is durable; a step that changed nothing still waits for
-//! the LSN it read at (G4).
+//! the LSN it read at (G4). A release and the grants it allows are one step,
+//! so they share a group commit (early lock release, see ARCHITECTURE.md).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::config::{ConfigActor, Publish};
 use super::mailbox::Counted;
 use super::wal::{Append, WalActor};
 use super::{durable_wait_failed, fail_stop, Reply, LOCK_MAILBOX_MAX};
@@ -29,11 +29,12 @@ use crate::metrics::{MailboxOf, Metrics};
 use crate::replay::encode_record;
 use crate::snapshot::writer::{Done, Job, SnapshotWriter};
 use crate::snapshot::SnapshotError;
+use crate::state::ConfigState;
 use crate::state::{
     CloseReason, GrantPass, LockMode, LockRequest, Outcome, Record, Requester, SessionId, State,
     StateError, Waiter, WaiterId, CONFIG_LOCK,
 };
-use crate::wal::{Wal, WalError};
+use crate::wal::{Appended, Wal, WalError};
 
 /// The longest a request may wait for locks or for the config lock.
 pub const WAIT_MS_MAX: u64 = 3_600_000;
@@ -114,7 +115,8 @@ struct Step {
     refusable: bool,
     first_lsn: u64,
     frames: Vec<(u16, Vec<u8>)>,
-    publishes: Vec<Publish>,
+    /// Whether the step changed the config document.
+    config_changed: bool,
     answers: Vec<Answer>,
 }
 
@@ -124,7 +126,7 @@ impl Step {
             refusable,
             first_lsn: 0,
             frames: Vec::new(),
-            publishes: Vec::new(),
+            config_changed: false,
             answers: Vec::new(),
         }
     }
@@ -143,8 +145,13 @@ pub struct LockActor {
     /// Read side of the log: queue room and durability waits. Appends go
     /// through `wal_actor` only.
     wal: Arc<Wal>,
+    /// Appends a step's records when the log's queue has no room for all
+    /// of them (it waits for room off this thread); otherwise this actor
+    /// appends them itself.
     wal_actor: Addr<WalActor>,
-    config: Addr<ConfigActor>,
+    /// The document as of the last config record applied, for the config
+    /// actor (see `ConfigActor`); not durable yet when published.
+    config: tokio::sync::watch::Sender<ConfigState>,
     /// Monotonic origin of the millisecond clock the state machines get.
     clock: Instant,
     /// Waiter ids and arrival order, for session and transaction waiters.
@@ -167,7 +174,7 @@ impl LockActor {
         state: State,
         wal: Arc<Wal>,
         wal_actor: Addr<WalActor>,
-        config: Addr<ConfigActor>,
+        config: tokio::sync::watch::Sender<ConfigState>,
         metrics: Arc<Metrics>,
     ) -> LockActor {
         LockActor {
@@ -237,9 +244,7 @@ impl LockActor {
         let lsn = self.state.next_lsn();
         let applied = self.state.apply(lsn, &record)?;
         if let Record::ConfigWrite { .. } = record {
-            // O(1): the document's tree is shared, not copied.
-            let config = self.state.config().clone();
-            step.publishes.push(Publish { config });
+            step.config_changed = true;
         }
         if step.frames.is_empty() {
             step.first_lsn = lsn;
@@ -248,8 +253,14 @@ impl LockActor {
         Ok(applied)
     }
 
-    /// Ends a step: publishes and logs its records in order, then answers
-    /// once everything the step applied or read is durable.
+    /// Ends a step: publishes the document and logs the step's records in
+    /// order, then answers once everything the step applied or read is
+    /// durable.
+    ///
+    /// The records go into the log's queue in one piece, so they share a
+    /// group commit when they fit in one batch: a release and the grants it
+    /// allowed, decided in the same step, become durable together (early
+    /// lock release; ARCHITECTURE.md, "The lock hand-off").
     fn finish(&mut self, step: Step, ctx: &mut Context<Self>) {
         let visible_lsn = self.state.applied_lsn();
         let locks = self.state.locks();
@@ -259,10 +270,15 @@ impl LockActor {
         let Step {
             first_lsn,
             frames,
-            publishes,
+            config_changed,
             answers,
             ..
         } = step;
+        if config_changed {
+            // O(1): the document's tree is shared, not copied. Reads of it
+            // wait for its LSN to be durable (G4).
+            self.config.send_replace(self.state.config().clone());
+        }
         if frames.is_empty() {
             if answers.is_empty() {
                 return;
@@ -280,19 +296,30 @@ impl LockActor {
             .map(|(_, p)| crate::wal::format::frame_bytes(p.len()) as u64)
             .sum();
         self.logged(count, frame_bytes, ctx);
-        let config = self.config.clone();
+        let options = self.wal.options();
+        let (queued, queued_bytes) = self.wal.queue_depth();
+        let payload_bytes: usize = frames.iter().map(|(_, p)| p.len()).sum();
+        if queued + frames.len() <= options.queue_len_max
+            && queued_bytes + payload_bytes <= options.queue_bytes_max
+        {
+            // Only this actor appends (the WAL actor only while this one is
+            // held in `ctx.wait` below), so the room seen is still there and
+            // `append_all` does not wait: no actor hop on the hot path.
+            let appended = self
+                .wal
+                .append_all(frames)
+                .unwrap_or_else(|e| fail_stop(&e));
+            answer_when_durable(first_lsn, count, appended, answers);
+            return;
+        }
+        // No room for every record, which are all applied already and must
+        // be logged: the WAL actor waits for room on its own thread, freed as
+        // the writer syncs. ctx.wait: no other message is handled until the
+        // records are in the log's queue, so queue order (LSN order) stays
+        // decision order.
         let wal_actor = self.wal_actor.clone();
-        let (config_depth, wal_depth) = (
-            self.metrics.mailbox(MailboxOf::Config),
-            self.metrics.mailbox(MailboxOf::Wal),
-        );
+        let wal_depth = self.metrics.mailbox(MailboxOf::Wal);
         let send = async move {
-            for p in publishes {
-                config
-                    .send(Counted::new(p, &config_depth))
-                    .await
-                    .map_err(|e| format!("config actor: {e}"))?;
-            }
             match wal_actor
                 .send(Counted::new(Append { frames }, &wal_depth))
                 .await
@@ -302,25 +329,9 @@ impl LockActor {
                 Err(e) => Err(format!("WAL actor: {e}")),
             }
         };
-        // ctx.wait: no other message is handled until the records are in the
-        // log's queue, so queue order (LSN order) is decision order.
         ctx.wait(send.into_actor(self).map(move |sent, _act, _ctx| {
             let appended = sent.unwrap_or_else(|e| fail_stop(&e));
-            let lsns: Vec<u64> = appended.iter().map(|a| a.lsn()).collect();
-            let expected: Vec<u64> = (first_lsn..first_lsn + count).collect();
-            if lsns != expected {
-                fail_stop(&format!(
-                    "the log assigned LSNs {lsns:?} to records applied at {expected:?}"
-                ));
-            }
-            actix::spawn(async move {
-                for a in appended {
-                    if let Err(e) = a.await {
-                        fail_stop(&e);
-                    }
-                }
-                answers.into_iter().for_each(|a| a(Ok(())));
-            });
+            answer_when_durable(first_lsn, count, appended, answers);
         }));
     }
 
@@ -587,6 +598,27 @@ impl LockActor {
         self.wake(&mut step);
         self.finish(step, ctx);
     }
+}
+
+/// Checks that the log gave the records the LSNs they were applied at, then
+/// sends the step's answers once the last of them is durable. A failed
+/// append stops the daemon before anything is answered (G7).
+fn answer_when_durable(first_lsn: u64, count: u64, appended: Vec<Appended>, answers: Vec<Answer>) {
+    let lsns: Vec<u64> = appended.iter().map(|a| a.lsn()).collect();
+    let expected: Vec<u64> = (first_lsn..first_lsn + count).collect();
+    if lsns != expected {
+        fail_stop(&format!(
+            "the log assigned LSNs {lsns:?} to records applied at {expected:?}"
+        ));
+    }
+    actix::spawn(async move {
+        for a in appended {
+            if let Err(e) = a.await {
+                fail_stop(&e);
+            }
+        }
+        answers.into_iter().for_each(|a| a(Ok(())));
+    });
 }
 
 fn granted(outcome: Option<Outcome>) -> AcquireResponse {

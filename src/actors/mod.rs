@@ -1,10 +1,11 @@
 //! The daemon's actors: thin shells around the pure state machines.
 //!
 //! - `lock::LockActor` sequences every change: it owns [`crate::state::State`],
-//!   decides, applies in LSN order and hands records to the WAL actor.
-//! - `config::ConfigActor` serves config reads from its own copy of the
-//!   document, kept in step by the lock actor.
-//! - `wal::WalActor` is the only appender to the log, on its own arbiter.
+//!   decides, applies in LSN order and queues each step's records in the log.
+//! - `config::ConfigActor` serves config reads from the document the lock
+//!   actor publishes on a `watch` channel.
+//! - `wal::WalActor` appends a step's records for the lock actor when the
+//!   log's queue is full, waiting for room on its own arbiter.
 //!
 //! Every request message carries its own reply channel, so the HTTP layer
 //! can `try_send` (a full mailbox is a 503, never an unbounded queue) and an

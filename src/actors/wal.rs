@@ -1,6 +1,8 @@
-//! The WAL-writer actor: the only appender to the log. It runs on its own
-//! arbiter; the log's own writer thread does the writes and fsyncs, so no
-//! actix thread ever waits for the disk.
+//! The WAL-writer actor: appends a step's records for the lock actor when
+//! the log's queue has no room for all of them, waiting for room on its own
+//! arbiter so the lock actor's thread never blocks. (With room, the lock
+//! actor appends them itself.) The log's own writer thread does the writes
+//! and fsyncs, so no actix thread ever waits for the disk.
 
 use std::sync::Arc;
 
@@ -44,9 +46,6 @@ impl Handler<Append> for WalActor {
     /// logged, so this waits for queue space, which the writer frees as it
     /// syncs; it never waits for a sync itself.
     fn handle(&mut self, msg: Append, _ctx: &mut Self::Context) -> Self::Result {
-        msg.frames
-            .into_iter()
-            .map(|(kind, payload)| self.wal.append(kind, payload))
-            .collect()
+        self.wal.append_all(msg.frames)
     }
 }

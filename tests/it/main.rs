@@ -22,6 +22,9 @@
 //!   every short workload and of random long ones, each crash state
 //!   recovered by the real recovery and judged by the invariants of issue 6;
 //!   and storage faults (EIO, ENOSPC, bit flips, read errors).
+//! - `handoff`: early lock release: a release and the grants it allows
+//!   share one sync, and no client hears of a hand-off a power loss takes
+//!   back (in-process on `MemStorage`).
 //! - `power_loss`: G1, G2 and G4 under simulated power loss, with the daemon
 //!   in-process on `MemStorage`.
 //! - `service`: the `--config` file under environment and flags,
@@ -44,6 +47,7 @@ mod daemon;
 mod drill;
 mod fairness;
 mod golden;
+mod handoff;
 mod lease;
 mod metrics;
 mod power_loss;

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -38,8 +37,13 @@ fn options() -> DaemonOptions {
 }
 
 fn start(mem: &MemStorage) -> (InProcess, Client) {
+    start_with(mem, &options())
+}
+
+/// Starts the daemon in this process on `mem`, with `opts`.
+pub(super) fn start_with(mem: &MemStorage, opts: &DaemonOptions) -> (InProcess, Client) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let server = start_in_process(&options(), Arc::new(mem.clone()), listener)
+    let server = start_in_process(opts, Arc::new(mem.clone()), listener)
         .unwrap_or_else(|e| panic!("in-process wconfd did not start: {e}"));
     let client = Client::new(format!("http://{}", server.addr()));
     (server, client)
@@ -48,13 +52,19 @@ fn start(mem: &MemStorage) -> (InProcess, Client) {
 /// Pulls the plug now: the state a restart would recover, through the real
 /// recovery and replay.
 fn power_loss(mem: &MemStorage) -> State {
-    let crashed = mem.crash(CrashMode::DropUnsynced);
+    crash_and_recover(mem, CrashMode::DropUnsynced, &options())
+}
+
+/// Crashes `mem` now in `mode` (the original is left running) and answers
+/// the state a restart of a daemon started with `opts` would recover.
+pub(super) fn crash_and_recover(mem: &MemStorage, mode: CrashMode, opts: &DaemonOptions) -> State {
+    let crashed = mem.crash(mode);
     let wal_options = WalOptions {
-        segment_bytes: SEGMENT_BYTES,
-        record_bytes_max: (SEGMENT_BYTES / 2) as usize,
+        segment_bytes: opts.segment_bytes,
+        record_bytes_max: (opts.segment_bytes / 2) as usize,
         ..WalOptions::default()
     };
-    let (wal, recovered) = Wal::open_with(Arc::new(crashed), Path::new(DATA_DIR), wal_options)
+    let (wal, recovered) = Wal::open_with(Arc::new(crashed), &opts.data_dir, wal_options)
         .expect("recover after power loss");
     let (state, _) = replay(&recovered).expect("replay after power loss");
     drop(recovered);
