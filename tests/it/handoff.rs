@@ -28,13 +28,15 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// that answers before the sync answers at once and is caught.
 const HELD_PATIENCE: Duration = Duration::from_millis(300);
 /// Every way a power loss can treat the unsynced batch.
-const CRASH_MODES: [CrashMode; 6] = [
+const CRASH_MODES: [CrashMode; 8] = [
     CrashMode::DropUnsynced,
     CrashMode::KeepUnsyncedWrites,
+    CrashMode::KeepEverything,
     CrashMode::Torn { seed: 1 },
     CrashMode::Torn { seed: 2 },
     CrashMode::Torn { seed: 3 },
-    CrashMode::Torn { seed: 4 },
+    CrashMode::Mix { seed: 1 },
+    CrashMode::Mix { seed: 2 },
 ];
 
 fn options() -> DaemonOptions {
@@ -167,8 +169,10 @@ fn crash_images(mem: &MemStorage, before: &Image, is_after: impl Fn(&Image) -> b
         );
         match mode {
             CrashMode::DropUnsynced => assert!(!after, "{mode:?} kept the unsynced hand-off"),
-            CrashMode::KeepUnsyncedWrites => assert!(after, "{mode:?} lost the written hand-off"),
-            CrashMode::Torn { .. } => {}
+            CrashMode::KeepUnsyncedWrites | CrashMode::KeepEverything => {
+                assert!(after, "{mode:?} lost the written hand-off")
+            }
+            CrashMode::Torn { .. } | CrashMode::Mix { .. } => {}
         }
     }
 }
