@@ -184,7 +184,8 @@ fn g1_g2_every_acknowledged_change_survives_power_loss_at_that_instant() {
         let recovered = Model::of(&power_loss(&mem));
         assert_eq!(
             &recovered, model,
-            "power loss right after {what} was answered"
+            "invariant 1 (no lost acknowledged change) violated: power loss right after \
+             {what} was answered"
         );
     };
 
@@ -302,7 +303,8 @@ fn g1_g2_every_acknowledged_change_survives_power_loss_at_that_instant() {
         if let Some(i) = holder.filter(|i| cycles[**i].1) {
             assert!(
                 o.doc.get(format!("a{i}")).is_none(),
-                "sync {n}: config still held by cycle {i}, but its patch is durable"
+                "invariant 2 (combined records) violated: sync {n}: config still held by \
+                 cycle {i}, but its patch is durable"
             );
         }
         for (i, (token, release)) in cycles.iter().enumerate() {
@@ -310,7 +312,8 @@ fn g1_g2_every_acknowledged_change_survives_power_loss_at_that_instant() {
                 assert_ne!(
                     o.config_token,
                     Some(*token),
-                    "sync {n}: cycle {i}'s patch is durable but its release is not"
+                    "invariant 2 (combined records) violated: sync {n}: cycle {i}'s patch is \
+                     durable but its release is not"
                 );
             }
         }
