@@ -186,10 +186,9 @@ pub fn replay_onto(
 ) -> Result<(State, ReplayStats), ReplayError> {
     let mut stats = ReplayStats::default();
     let from = state.applied_lsn();
-    progress.start_replay(
-        recovered.report.last_lsn.saturating_sub(from),
-        recovered.report.bytes,
-    );
+    let records = recovered.report.last_lsn.saturating_sub(from);
+    progress.start_replay(records, recovered.report.bytes);
+    state.begin_replay(records);
     for frame in recovered.records_after(from) {
         let frame = frame.map_err(ReplayError::Wal)?;
         let before = state.applied_lsn();
@@ -199,6 +198,7 @@ pub fn replay_onto(
         stats.skipped += u64::from(kind::name(frame.kind).is_none());
         progress.replayed(frame.header.padded_len() as u64);
     }
+    state.end_replay();
     progress.finish_replay();
     Ok((state, stats))
 }

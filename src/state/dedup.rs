@@ -22,7 +22,8 @@
 //! first, which a client retrying promptly never notices. Eviction happens
 //! in `apply`, so replay forgets exactly what the live daemon forgot.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,26 +98,184 @@ pub fn entry_bytes(request_id: &str, outcome: &Outcome) -> usize {
     ENTRY_BYTES_OVERHEAD + request_id.len() + locks
 }
 
-/// One FIFO of remembered outcomes. Each entry carries its table-wide
-/// arrival number, so the table can find its oldest entry overall.
-#[derive(Clone, Debug, Default)]
-struct Bucket {
-    order: imbl::Vector<(u64, String)>,
-    outcomes: imbl::HashMap<String, Outcome>,
-}
-
 /// Where an entry lives: a session's bucket, or (None) the transactions'.
 type BucketKey = Option<SessionId>;
 
-/// Every part is a persistent structure (up to `DEDUP_BYTES_MAX` of
-/// entries), so a snapshot's copy is O(1) and never stalls the lock actor.
+/// Writes one representation of the table's entries: a FIFO per bucket, each
+/// entry carrying its table-wide arrival number (its age) so the table can
+/// find its oldest entry overall, and an age-ordered index of all entries.
+/// The id is one allocation shared by a bucket's queue and its map.
+///
+/// Two representations with one text, so they cannot drift apart: the
+/// running daemon's is persistent (imbl), so a snapshot's copy is O(1) and
+/// never stalls the lock actor; replay owns its state alone and uses std
+/// collections, which make it about three times as fast (a restart with a
+/// long log spends most of its time here: `benches/snapshot_restart.rs`).
+macro_rules! dedup_tables {
+    ($name:ident, $bucket:ident, $map:ty, $sessions:ty, $fifo:ty, $by_age:ty) => {
+        #[derive(Clone, Debug, Default)]
+        struct $bucket {
+            order: $fifo,
+            outcomes: $map,
+        }
+
+        #[derive(Clone, Debug, Default)]
+        struct $name {
+            sessions: $sessions,
+            txn: $bucket,
+            /// Age -> bucket, for every entry: the table-wide FIFO.
+            by_age: $by_age,
+            next_age: u64,
+        }
+
+        impl $name {
+            fn bucket(&self, key: BucketKey) -> Option<&$bucket> {
+                match key {
+                    Some(s) => self.sessions.get(&s),
+                    None => Some(&self.txn),
+                }
+            }
+
+            fn lookup(&self, key: BucketKey, request_id: &str) -> Option<&Outcome> {
+                self.bucket(key)?.outcomes.get(request_id)
+            }
+
+            fn len(&self, key: BucketKey) -> usize {
+                self.bucket(key).map_or(0, |b| b.order.len())
+            }
+
+            fn entry_count(&self) -> usize {
+                self.by_age.len()
+            }
+
+            /// The bucket of the oldest entry of the whole table.
+            fn oldest(&self) -> Option<BucketKey> {
+                self.by_age.iter().next().map(|(_, key)| *key)
+            }
+
+            fn has_age(&self, age: u64) -> bool {
+                self.by_age.contains_key(&age)
+            }
+
+            /// Appends an entry (the caller evicts); answers its age.
+            fn push(&mut self, key: BucketKey, id: Arc<str>, outcome: Outcome) -> u64 {
+                let age = self.next_age;
+                self.next_age += 1;
+                let bucket = match key {
+                    Some(s) => self.sessions.entry(s).or_default(),
+                    None => &mut self.txn,
+                };
+                bucket.order.push_back((age, id.clone()));
+                bucket.outcomes.insert(id, outcome);
+                self.by_age.insert(age, key);
+                age
+            }
+
+            /// Takes the oldest entry of one bucket out (a session's bucket
+            /// left empty goes too).
+            fn pop_oldest_of(&mut self, key: BucketKey) -> Option<(Arc<str>, Outcome)> {
+                let bucket = match key {
+                    Some(s) => self.sessions.get_mut(&s),
+                    None => Some(&mut self.txn),
+                }?;
+                let (age, id) = bucket.order.pop_front()?;
+                let outcome = bucket
+                    .outcomes
+                    .remove(&id)
+                    .expect("order and outcomes agree");
+                let empty = bucket.order.is_empty();
+                self.by_age.remove(&age);
+                if let (Some(s), true) = (key, empty) {
+                    self.sessions.remove(&s);
+                }
+                Some((id, outcome))
+            }
+
+            /// Drops a session's bucket; answers the bytes it was charged.
+            fn drop_session(&mut self, session: SessionId) -> usize {
+                let Some(bucket) = self.sessions.remove(&session) else {
+                    return 0;
+                };
+                let mut freed = 0;
+                for (age, id) in &bucket.order {
+                    self.by_age.remove(age);
+                    freed += entry_bytes(id, &bucket.outcomes[&**id]);
+                }
+                freed
+            }
+
+            /// Every entry, oldest first over the whole table.
+            fn entries(&self) -> Vec<(BucketKey, &str, &Outcome)> {
+                // Each bucket's order is a subsequence of the table-wide
+                // one, so a cursor per bucket finds every entry in order.
+                let mut cursors: HashMap<BucketKey, usize> = HashMap::new();
+                self.by_age
+                    .iter()
+                    .map(|(age, key)| {
+                        let bucket = self.bucket(*key).expect("by_age names live buckets");
+                        let cursor = cursors.entry(*key).or_default();
+                        let (entry_age, id) = &bucket.order[*cursor];
+                        assert_eq!(entry_age, age, "bucket order follows table order");
+                        *cursor += 1;
+                        (*key, &**id, &bucket.outcomes[&**id])
+                    })
+                    .collect()
+            }
+
+            fn sessions(&self) -> Vec<SessionId> {
+                self.sessions.keys().copied().collect()
+            }
+
+            /// The same entries in the same order, in this representation.
+            fn rebuilt(entries: Vec<(BucketKey, &str, &Outcome)>) -> $name {
+                let mut t = $name::default();
+                for (key, id, outcome) in entries {
+                    t.push(key, id.into(), outcome.clone());
+                }
+                t
+            }
+        }
+    };
+}
+
+dedup_tables!(
+    Shared,
+    SharedBucket,
+    imbl::HashMap<Arc<str>, Outcome>,
+    imbl::OrdMap<SessionId, SharedBucket>,
+    imbl::Vector<(u64, Arc<str>)>,
+    imbl::OrdMap<u64, BucketKey>
+);
+dedup_tables!(
+    Owned,
+    OwnedBucket,
+    HashMap<Arc<str>, Outcome>,
+    HashMap<SessionId, OwnedBucket>,
+    VecDeque<(u64, Arc<str>)>,
+    BTreeMap<u64, BucketKey>
+);
+
+#[derive(Clone, Debug)]
+enum Tables {
+    Shared(Shared),
+    Owned(Owned),
+}
+
+/// Runs `$body` on whichever representation `$tables` holds, as `$t`.
+macro_rules! each {
+    ($tables:expr, $t:ident => $body:expr) => {
+        match $tables {
+            Tables::Shared($t) => $body,
+            Tables::Owned($t) => $body,
+        }
+    };
+}
+
+/// The table: persistent while the daemon serves (see `dedup_tables!`),
+/// owned std collections while replay builds it ([`Dedup::for_replay`]).
 #[derive(Clone, Debug)]
 pub struct Dedup {
-    sessions: imbl::OrdMap<SessionId, Bucket>,
-    txn: Bucket,
-    /// Arrival number -> bucket, for every entry: the table-wide FIFO.
-    by_age: imbl::OrdMap<u64, BucketKey>,
-    next_age: u64,
+    tables: Tables,
     /// Sum of `entry_bytes` over all entries.
     bytes: usize,
     bytes_max: usize,
@@ -130,10 +289,10 @@ impl Default for Dedup {
 
 /// Equal tables remember the same outcomes in the same table-wide order;
 /// the arrival numbers themselves are bookkeeping (a loaded snapshot
-/// renumbers them).
+/// renumbers them), and so is the representation.
 impl PartialEq for Dedup {
     fn eq(&self, other: &Self) -> bool {
-        self.entries().eq(other.entries())
+        self.entries() == other.entries()
     }
 }
 
@@ -152,26 +311,40 @@ impl Dedup {
     /// [`DEDUP_BYTES_MAX`] (replay must forget what the live daemon forgot).
     pub(crate) fn with_bytes_max(bytes_max: usize) -> Self {
         Dedup {
-            sessions: imbl::OrdMap::new(),
-            txn: Bucket::default(),
-            by_age: imbl::OrdMap::new(),
-            next_age: 0,
+            tables: Tables::Shared(Shared::default()),
             bytes: 0,
             bytes_max,
         }
     }
 
-    fn bucket(&self, key: BucketKey) -> Option<&Bucket> {
-        match key {
-            Some(s) => self.sessions.get(&s),
-            None => Some(&self.txn),
+    /// Switches to the owned representation, for a replay of `records`
+    /// records: O(entries), so only when the replay is long enough to win
+    /// it back (each record is at most one insert).
+    pub fn for_replay(&mut self, records: u64) {
+        if let Tables::Shared(t) = &self.tables {
+            if records >= 2 * self.entry_count() as u64 {
+                self.tables = Tables::Owned(Owned::rebuilt(t.entries()));
+            }
         }
+    }
+
+    /// Switches back to the persistent representation, which the running
+    /// daemon needs for O(1) snapshot copies. O(entries).
+    pub fn for_serving(&mut self) {
+        if let Tables::Owned(t) = &self.tables {
+            self.tables = Tables::Shared(Shared::rebuilt(t.entries()));
+        }
+    }
+
+    /// True in the persistent representation (what `clone` copies in O(1)).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.tables, Tables::Shared(_))
     }
 
     /// The remembered outcome of `request_id` from `session` (None: the
     /// session-less transaction bucket).
     pub fn lookup(&self, session: Option<SessionId>, request_id: &str) -> Option<&Outcome> {
-        self.bucket(session)?.outcomes.get(request_id)
+        each!(&self.tables, t => t.lookup(session, request_id))
     }
 
     /// Checks that an outcome may be recorded: the id is well formed and not
@@ -199,69 +372,39 @@ impl Dedup {
             Some(_) => REQUESTS_PER_SESSION_MAX,
             None => TXN_REQUESTS_MAX,
         };
-        if self.bucket(session).is_some_and(|b| b.order.len() >= max) {
+        if self.len(session) >= max {
             self.evict_oldest_of(session);
         }
-        let age = self.next_age;
-        self.next_age += 1;
         self.bytes += entry_bytes(&request_id, &outcome);
-        let bucket = match session {
-            Some(s) => self.sessions.entry(s).or_default(),
-            None => &mut self.txn,
-        };
-        bucket.order.push_back((age, request_id.clone()));
-        bucket.outcomes.insert(request_id, outcome);
-        self.by_age.insert(age, session);
+        let id: Arc<str> = request_id.into();
+        let age = each!(&mut self.tables, t => t.push(session, id, outcome));
         while self.bytes > self.bytes_max {
-            let Some((_, oldest)) = self.by_age.get_min() else {
+            let Some(oldest) = each!(&self.tables, t => t.oldest()) else {
                 break;
             };
-            self.evict_oldest_of(*oldest);
+            self.evict_oldest_of(oldest);
         }
         assert!(
-            self.by_age.contains_key(&age),
+            each!(&self.tables, t => t.has_age(age)),
             "an entry larger than the whole dedup budget"
         );
     }
 
-    /// Drops the oldest entry of one bucket (a session's bucket left empty
-    /// goes too).
     fn evict_oldest_of(&mut self, key: BucketKey) {
-        let bucket = match key {
-            Some(s) => self.sessions.get_mut(&s),
-            None => Some(&mut self.txn),
-        };
-        let Some(bucket) = bucket else { return };
-        let Some((age, id)) = bucket.order.pop_front() else {
-            return;
-        };
-        let outcome = bucket
-            .outcomes
-            .remove(&id)
-            .expect("order and outcomes agree");
-        let empty = bucket.order.is_empty();
-        self.bytes -= entry_bytes(&id, &outcome);
-        self.by_age.remove(&age);
-        if let (Some(s), true) = (key, empty) {
-            self.sessions.remove(&s);
+        if let Some((id, outcome)) = each!(&mut self.tables, t => t.pop_oldest_of(key)) {
+            self.bytes -= entry_bytes(&id, &outcome);
         }
     }
 
     /// Forgets a closed session's outcomes: its id will never be reused, so
     /// nobody can ask for them again.
     pub fn drop_session(&mut self, session: SessionId) {
-        let Some(bucket) = self.sessions.remove(&session) else {
-            return;
-        };
-        for (age, id) in &bucket.order {
-            self.by_age.remove(age);
-            self.bytes -= entry_bytes(id, &bucket.outcomes[id]);
-        }
+        self.bytes -= each!(&mut self.tables, t => t.drop_session(session));
     }
 
     /// The number of outcomes remembered for `session` (None: transactions).
     pub fn len(&self, session: Option<SessionId>) -> usize {
-        self.bucket(session).map_or(0, |b| b.order.len())
+        each!(&self.tables, t => t.len(session))
     }
 
     /// The bytes charged for everything remembered (see [`entry_bytes`]).
@@ -270,30 +413,25 @@ impl Dedup {
     }
 
     /// The sessions with remembered outcomes, for snapshot validation.
-    pub(super) fn sessions(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.sessions.keys().copied()
+    pub(super) fn sessions(&self) -> Vec<SessionId> {
+        each!(&self.tables, t => t.sessions())
     }
 
     /// Every entry, oldest first over the whole table: the persisted form,
     /// so both the per-bucket and the table-wide eviction order survive.
-    fn entries(&self) -> impl Iterator<Item = (BucketKey, &String, &Outcome)> + '_ {
-        // Each bucket's order is a subsequence of the table-wide one, so a
-        // cursor per bucket finds every entry in order.
-        let mut cursors: HashMap<BucketKey, usize> = HashMap::new();
-        self.by_age.iter().map(move |(age, key)| {
-            let bucket = self.bucket(*key).expect("by_age names live buckets");
-            let cursor = cursors.entry(*key).or_default();
-            let (entry_age, id) = &bucket.order[*cursor];
-            assert_eq!(entry_age, age, "bucket order follows table order");
-            *cursor += 1;
-            (*key, id, &bucket.outcomes[id])
-        })
+    fn entries(&self) -> Vec<(BucketKey, &str, &Outcome)> {
+        each!(&self.tables, t => t.entries())
+    }
+
+    /// Entries remembered over the whole table.
+    pub fn entry_count(&self) -> usize {
+        each!(&self.tables, t => t.entry_count())
     }
 }
 
 #[derive(Serialize)]
 struct DedupRef<'a> {
-    entries: Vec<(BucketKey, &'a String, &'a Outcome)>,
+    entries: Vec<(BucketKey, &'a str, &'a Outcome)>,
 }
 
 #[derive(Deserialize)]
@@ -304,7 +442,7 @@ struct DedupRepr {
 impl Serialize for Dedup {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         DedupRef {
-            entries: self.entries().collect(),
+            entries: self.entries(),
         }
         .serialize(serializer)
     }
@@ -477,7 +615,7 @@ mod tests {
         d2.drop_session(SessionId(2));
         d2.drop_session(SessionId(1));
         assert_eq!((d2.bytes(), d2.len(a), d2.len(b)), (0, 0, 0));
-        assert!(d2.by_age.is_empty());
+        assert_eq!(d2.entry_count(), 0);
     }
 
     #[test]
@@ -516,6 +654,98 @@ mod tests {
             .map(|i| entry_bytes(&format!("r{i}"), &granted(i % 3)))
             .sum();
         assert_eq!(d.bytes(), expected);
-        assert_eq!(d.by_age.len(), REQUESTS_PER_SESSION_MAX);
+        assert_eq!(d.entry_count(), REQUESTS_PER_SESSION_MAX);
+    }
+
+    /// One step of the representation-equivalence property.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert {
+            session: Option<u8>,
+            id: u8,
+            names: usize,
+        },
+        DropSession(u8),
+        /// Switch the second table's representation (replay ends, or a
+        /// new replay starts).
+        Switch,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (proptest::option::of(0u8..4), 0u8..40, 0usize..3)
+                .prop_map(|(session, id, names)| Step::Insert { session, id, names }),
+            1 => (0u8..4).prop_map(Step::DropSession),
+            1 => Just(Step::Switch),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn owned_and_shared_tables_behave_alike(
+            steps in proptest::collection::vec(step(), 1..300),
+            budget_entries in 3usize..30,
+        ) {
+            // Invariant: replay's owned representation and the daemon's
+            // persistent one remember and forget exactly the same entries,
+            // in the same order, with the same byte charge, whatever the
+            // inserts, session drops, bucket limits, byte-budget evictions
+            // and switches between them.
+            let budget = budget_entries * entry_bytes("id00", &granted(1));
+            let mut shared = Dedup::with_bytes_max(budget);
+            let mut other = Dedup::with_bytes_max(budget);
+            other.for_replay(u64::MAX);
+            proptest::prop_assert!(!other.is_shared());
+            for step in steps {
+                match step {
+                    Step::Insert { session, id, names } => {
+                        let session = session.map(|s| SessionId(s.into()));
+                        let id = format!("id{id:02}");
+                        let outcome = granted(names);
+                        let a = shared.check_insert(session, &id);
+                        proptest::prop_assert_eq!(&a, &other.check_insert(session, &id));
+                        if a.is_ok() {
+                            shared.insert(session, id.clone(), outcome.clone());
+                            other.insert(session, id, outcome);
+                        }
+                    }
+                    Step::DropSession(s) => {
+                        shared.drop_session(SessionId(s.into()));
+                        other.drop_session(SessionId(s.into()));
+                    }
+                    Step::Switch => match other.is_shared() {
+                        true => other.for_replay(u64::MAX),
+                        false => other.for_serving(),
+                    },
+                }
+                proptest::prop_assert_eq!(shared.entries(), other.entries());
+                proptest::prop_assert_eq!(shared.bytes(), other.bytes());
+                proptest::prop_assert!(shared.bytes() <= budget);
+                for s in [None, Some(SessionId(0)), Some(SessionId(1))] {
+                    proptest::prop_assert_eq!(shared.len(s), other.len(s));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn replay_switches_only_when_the_replay_outweighs_the_table() {
+        // Invariant: switching costs O(entries), so a short replay onto a
+        // large table keeps the persistent form; a long one switches; and
+        // either way the table is unchanged.
+        let mut d = Dedup::default();
+        for i in 0..100 {
+            d.insert(None, format!("t{i}"), released(i));
+        }
+        let before = d.clone();
+        d.for_replay(199);
+        assert!(d.is_shared());
+        d.for_replay(200);
+        assert!(!d.is_shared());
+        assert_eq!(d, before);
+        d.for_serving();
+        assert!(d.is_shared());
+        assert_eq!(d, before);
     }
 }
