@@ -94,6 +94,14 @@ struct RunArgs {
     /// loopback --addr otherwise).
     #[arg(long)]
     daemon_pid: Option<u32>,
+    /// Before the run, add about MB megabytes of document under /pad that
+    /// no operation touches (a large config, for snapshot and memory runs).
+    #[arg(long, value_name = "MB", default_value_t = 0)]
+    pad_config_mb: u64,
+    /// While measuring, ask for a snapshot (POST /v1/admin/snapshot) every
+    /// SECONDS, or as soon as the last is durable if it took longer.
+    #[arg(long, value_name = "SECONDS")]
+    snapshot_every: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +172,11 @@ pub fn main() -> ExitCode {
             },
             seed: a.seed,
             daemon_pid: a.daemon_pid,
+            pad_config_mb: a.pad_config_mb,
+            snapshot_every: a
+                .snapshot_every
+                .map(|s| seconds("--snapshot-every", s))
+                .transpose()?,
             progress: true,
         })
     })();

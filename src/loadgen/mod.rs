@@ -28,15 +28,18 @@ use tokio::time::sleep_until;
 use self::cpu::{CpuSplit, Sample};
 use self::http::{Conn, Endpoint, ErrorKind, OpError};
 use self::metrics::WalDelta;
-use self::report::{DaemonFigures, Errors, KindReport, Latency, Report};
+use self::report::{DaemonFigures, Errors, KindReport, Latency, Report, SnapshotFigures};
 use self::workload::{Client, OpKind, Params, Plan, Workload};
-use crate::api::types::Status;
+use crate::api::types::{SnapshotTaken, Status};
 
 /// Where `wconfd` listens unless told otherwise.
 pub const ADDR_DEFAULT: &str = "127.0.0.1:7370";
 /// Connections at most: each is a session-less socket (a session too in
 /// `contended`), and the daemon caps sessions and waiters far above this.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// `--pad-config-mb` at most: under the daemon's `DOC_BYTES_MAX` (256 MiB)
+/// with room for the workload's own keys.
+const PAD_CONFIG_MB_MAX: u64 = 200;
 /// Latencies are recorded up to an hour, at 3 significant digits.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Error messages kept for the report.
@@ -62,6 +65,11 @@ pub struct Options {
     pub seed: u64,
     /// The daemon's pid for the CPU split; found from the port when None.
     pub daemon_pid: Option<u32>,
+    /// MB of untouched document to add under `/pad` before the run.
+    pub pad_config_mb: u64,
+    /// Ask for a snapshot this often while measuring (the next as soon as
+    /// the last is durable if it took longer).
+    pub snapshot_every: Option<Duration>,
     /// Print a progress line on stderr once a second.
     pub progress: bool,
 }
@@ -106,6 +114,14 @@ impl Options {
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return bad("--rate must be above 0");
+        }
+        if self.pad_config_mb > PAD_CONFIG_MB_MAX {
+            return bad(
+                "--pad-config-mb must be at most 200 (the daemon's document limit is 256 MiB)",
+            );
+        }
+        if self.snapshot_every.is_some_and(|d| d.is_zero()) {
+            return bad("--snapshot-every must be above 0");
         }
         Ok(())
     }
@@ -320,6 +336,33 @@ async fn observe(
     (daemon, cpu)
 }
 
+/// Asks for a snapshot every `every` from the window's opening until it
+/// closes, on a connection of its own, and sums up the answers.
+async fn snapshot_often(endpoint: Endpoint, clock: Clock, every: Duration) -> SnapshotFigures {
+    let mut conn = Conn::new(&endpoint);
+    let mut figures = SnapshotFigures::default();
+    let mut next = clock.measure;
+    while next < clock.end {
+        sleep_until(next.into()).await;
+        let asked = Instant::now();
+        match conn
+            .call::<SnapshotTaken>(Method::POST, "/v1/admin/snapshot", None::<&()>)
+            .await
+        {
+            Ok(t) if Instant::now() <= clock.end => {
+                figures.taken += 1;
+                figures.bytes = t.bytes;
+                figures.duration_ms_max = figures.duration_ms_max.max(t.duration_ms);
+                figures.stall_us_max = figures.stall_us_max.max(t.stall_us);
+            }
+            Ok(_) => {}
+            Err(_) => figures.failed += 1,
+        }
+        next = (asked + every).max(Instant::now());
+    }
+    figures
+}
+
 /// Prints a progress line on stderr once a second until aborted.
 async fn progress(clock: Clock, live: Arc<Live>, unit: &'static str) {
     let mut last = 0;
@@ -382,6 +425,13 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
     workload::setup(&mut admin, &plan)
         .await
         .map_err(setup_err)?;
+    let pad_bytes = if opts.pad_config_mb > 0 {
+        workload::pad(&mut admin, opts.pad_config_mb)
+            .await
+            .map_err(setup_err)?
+    } else {
+        0
+    };
     let serial_before = status(&mut admin).await?.config_serial;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
@@ -413,6 +463,9 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         .or_else(|| local_port(&opts.addr).and_then(cpu::listener_pid));
     let live = Arc::new(Live::default());
     let observer = tokio::spawn(observe(endpoint.clone(), clock, daemon_pid));
+    let snapshotter = opts
+        .snapshot_every
+        .map(|every| tokio::spawn(snapshot_often(endpoint.clone(), clock, every)));
     let ticker = (opts.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(progress(clock, live.clone(), opts.workload.unit())));
     let tasks: Vec<_> = clients
@@ -427,6 +480,10 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         t.abort();
     }
     let (daemon, cpu) = observer.await.expect("the observer task panicked");
+    let snapshots = match snapshotter {
+        Some(t) => Some(t.await.expect("the snapshot task panicked")),
+        None => None,
+    };
     let serial_after = status(&mut admin).await?.config_serial;
 
     let secs = opts.duration.as_secs_f64();
@@ -481,5 +538,7 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         connects: tally.connects,
         daemon,
         cpu: cpu.per_op(all.len()),
+        pad_bytes,
+        snapshots,
     })
 }

@@ -64,6 +64,21 @@ pub struct DaemonFigures {
     pub wal: Option<WalDelta>,
 }
 
+/// The snapshots a run asked for while it measured (`--snapshot-every`),
+/// so its latency can be compared with a run without them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotFigures {
+    /// Answered with success inside the measured window.
+    pub taken: u64,
+    pub failed: u64,
+    /// Size of the last one written.
+    pub bytes: u64,
+    /// From hand-over to durable, the longest.
+    pub duration_ms_max: u64,
+    /// The lock actor's stop for the hand-over, the longest.
+    pub stall_us_max: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub workload: Workload,
@@ -104,6 +119,11 @@ pub struct Report {
     pub daemon: DaemonFigures,
     /// Over the measured window.
     pub cpu: CpuSplit,
+    /// Bytes of `/pad` added before the run (`--pad-config-mb`).
+    #[serde(default)]
+    pub pad_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<SnapshotFigures>,
 }
 
 /// `12345.6` as `12,346`.
@@ -169,6 +189,25 @@ impl Report {
             thousands(self.ops as f64)
         );
         let _ = writeln!(t, "latency     {}", latency_line(&self.latency_us));
+        if self.pad_bytes > 0 {
+            let _ = writeln!(
+                t,
+                "config      {:.1} MB of padding under /pad",
+                self.pad_bytes as f64 / 1e6
+            );
+        }
+        if let Some(s) = &self.snapshots {
+            let _ = writeln!(
+                t,
+                "snapshots   {} written while measuring ({} failed), {:.1} MB each, \
+                 longest {} ms to durable, hand-over stall at most {}",
+                s.taken,
+                s.failed,
+                s.bytes as f64 / 1e6,
+                s.duration_ms_max,
+                micros(s.stall_us_max as f64)
+            );
+        }
         if self.rate.is_some() {
             let _ = writeln!(
                 t,

@@ -164,6 +164,48 @@ pub async fn setup(conn: &mut Conn, plan: &Plan) -> Result<u64, OpError> {
     Ok(changes)
 }
 
+/// Bytes of padding each set-up transaction adds: under the daemon's
+/// request body and patch limits (4 MiB), with room for JSON quoting.
+const PAD_BYTES_PER_TXN: usize = 2 << 20;
+/// The padding's values: short strings in objects of many entries, the
+/// shape of a real cluster config (nodes and instances with attributes).
+const PAD_VALUE: &str =
+    "a value of about one hundred bytes, as a node or instance attribute might be....";
+
+/// Adds `/pad`, about `mb` MB of document that no workload touches, so a
+/// run sees the cost of a large config (snapshots, memory) without its
+/// operations changing. Answers the bytes of JSON added (the sum of each
+/// part's serialised size).
+pub async fn pad(conn: &mut Conn, mb: u64) -> Result<u64, OpError> {
+    txn(
+        conn,
+        json!([{"op": "add", "path": "/pad", "value": {}}]),
+        None,
+    )
+    .await?;
+    let entry_bytes = PAD_VALUE.len() + 16;
+    let per_txn = PAD_BYTES_PER_TXN / entry_bytes;
+    let total = (mb as usize).saturating_mul(1_000_000) / entry_bytes;
+    let mut added = 0u64;
+    for (part, start) in (0..total).step_by(per_txn).enumerate() {
+        let end = (start + per_txn).min(total);
+        let entries = Value::Object(
+            (start..end)
+                .map(|i| (format!("e{i:08}"), Value::from(PAD_VALUE)))
+                .collect(),
+        );
+        let bytes = entries.to_string().len() as u64;
+        txn(
+            conn,
+            json!([{"op": "add", "path": format!("/pad/p{part}"), "value": entries}]),
+            None,
+        )
+        .await?;
+        added += bytes;
+    }
+    Ok(added)
+}
+
 async fn txn(
     conn: &mut Conn,
     patch: Value,

@@ -173,3 +173,48 @@ fn a_daemon_behind_a_token_is_driven_with_token_file_and_refused_without() {
     // set-up (two changes: /bench, then the keys).
     assert_eq!(r.config_serial_before, 2);
 }
+
+#[test]
+fn padding_and_snapshots_during_a_run_are_made_and_reported() {
+    // Invariant: --pad-config-mb puts that much untouched document under
+    // /pad before the clock starts (the daemon holds it afterwards), and
+    // --snapshot-every makes the daemon write snapshots inside the measured
+    // window, each counted; the run itself stays clean. Out-of-range
+    // values are usage errors (exit 2) that touch nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = start(&data, &[]);
+    let addr = d.base.trim_start_matches("http://").to_string();
+    for bad in [["--pad-config-mb", "201"], ["--snapshot-every", "0"]] {
+        let out = run(&addr, "txn", &bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    let r = bench(
+        &addr,
+        "txn",
+        &["--pad-config-mb", "2", "--snapshot-every", "0.2"],
+    );
+    assert_eq!(r.errors.total, 0, "{:?}", r.errors);
+    assert!(
+        (1_800_000..2_200_000).contains(&r.pad_bytes),
+        "{}",
+        r.pad_bytes
+    );
+    let s = r.snapshots.expect("snapshot figures");
+    assert!(s.taken >= 2 && s.failed == 0, "{s:?}");
+    // The snapshot's encoding is more compact than JSON, but not by half.
+    assert!(s.bytes > r.pad_bytes / 2, "{s:?}");
+    let pad = d.client.config_value("/pad").unwrap().value.to_string();
+    assert!(pad.len() as u64 > r.pad_bytes, "{}", pad.len());
+    let snaps = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".snap")
+        })
+        .count();
+    assert!(snaps >= 1, "no snapshot file in {}", data.display());
+}
