@@ -228,6 +228,8 @@ fn g2_write_and_release_recover_together() {
         let first = warmup.token.expect("token") + 1;
         let c = Client::new(d.base.clone());
         let s2 = s.clone();
+        let cycles = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = cycles.clone();
         let writer = std::thread::spawn(move || {
             let mut acked = 0u64;
             for i in 0.. {
@@ -243,11 +245,22 @@ fn g2_write_and_release_recover_together() {
                     break;
                 }
                 acked = i + 1;
+                counted.store(acked, std::sync::atomic::Ordering::SeqCst);
             }
             acked
         });
-        // Not synchronisation: a varying moment for the kill to land.
-        std::thread::sleep(std::time::Duration::from_millis(40 + round * 23));
+        // The kill lands after the first acknowledged cycle (polled, so a
+        // loaded machine cannot make the round vacuous), then at a varying
+        // moment after it; the sleep is not synchronisation.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while cycles.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no cycle acknowledged in 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(round * 23));
         d.kill();
         let acked = writer.join().unwrap();
 
