@@ -21,6 +21,7 @@ pub mod codec;
 pub mod ctl;
 #[cfg(feature = "daemon")]
 pub mod drill;
+pub mod failpoints;
 #[cfg(feature = "daemon")]
 pub mod loadgen;
 #[cfg(feature = "daemon")]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, CodecError};
+use crate::failpoints::failpoint;
 use crate::snapshot::{self, SnapshotError};
 use crate::state::record::kind;
 use crate::state::{Record, State, StateError};
@@ -191,6 +192,7 @@ pub fn replay_onto(
     state.begin_replay(records);
     for frame in recovered.records_after(from) {
         let frame = frame.map_err(ReplayError::Wal)?;
+        failpoint!("replay::record::before");
         let before = state.applied_lsn();
         apply_frame(&mut state, &frame)?;
         debug_assert_eq!(state.applied_lsn(), before + 1);
@@ -364,8 +366,10 @@ pub fn recover_state(
     let began = Instant::now();
     progress.set_phase(Phase::LoadingSnapshot);
     snapshot::remove_temp_files(storage, dir).map_err(ReplayError::Snapshot)?;
+    failpoint!("replay::snapshot_load::before");
     let newest = snapshot::load_newest_at_or_below_with(storage, dir, u64::MAX)
         .map_err(ReplayError::Snapshot)?;
+    failpoint!("replay::snapshot_load::after");
     let skipped: Vec<String> = newest.skipped.iter().map(ToString::to_string).collect();
     let report = &recovered.report;
     let mut recovery = Recovery {

@@ -401,6 +401,7 @@ fn prepare(
         .and_then(|a| a.wait())
         .map_err(|e| StartError::new(exit::FAIL_STOP, e.to_string()))?;
     state.set_lock_order(order);
+    crate::failpoints::failpoint!("server::ready::before");
     Ok(state)
 }
 

@@ -145,6 +145,10 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    // Crash drills only: a kill or fault at a named step (src/failpoints.rs).
+    if let Err(e) = crate::failpoints::configure_from_env() {
+        return usage(&e);
+    }
     server::init_logging(args.log_format == "json");
     let options = match args.options() {
         Ok(options) => options,

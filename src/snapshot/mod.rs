@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, CodecError};
+use crate::failpoints::failpoint;
 use crate::state::State;
 use crate::wal::segment::{lsn_name, parse_lsn_name};
 use crate::wal::storage::{StdStorage, Storage};
@@ -204,22 +205,46 @@ pub fn write(
             .remove(&tmp)
             .map_err(SnapshotError::io("remove", &tmp))?;
     }
+    failpoint!(
+        "snapshot::create::before",
+        crate::failpoints::snapshot_fault("create", &tmp)
+    );
     let mut file = storage
         .create_new(&tmp)
         .map_err(SnapshotError::io("create", &tmp))?;
+    failpoint!(
+        "snapshot::header_write::before",
+        crate::failpoints::snapshot_fault("write", &tmp)
+    );
     file.write_all_at(&header.encode(), 0)
         .map_err(SnapshotError::io("write", &tmp))?;
     let mut offset = SNAPSHOT_HEADER_LEN as u64;
     for chunk in body.chunks(WRITE_CHUNK_BYTES) {
+        failpoint!(
+            "snapshot::body_write::before",
+            crate::failpoints::snapshot_fault("write", &tmp)
+        );
         file.write_all_at(chunk, offset)
             .map_err(SnapshotError::io("write", &tmp))?;
         offset += chunk.len() as u64;
     }
+    failpoint!(
+        "snapshot::fsync::before",
+        crate::failpoints::snapshot_fault("fsync", &tmp)
+    );
     file.sync_all().map_err(SnapshotError::io("fsync", &tmp))?;
     drop(file);
+    failpoint!(
+        "snapshot::rename::before",
+        crate::failpoints::snapshot_fault("rename", &tmp)
+    );
     storage
         .rename(&tmp, &path)
         .map_err(SnapshotError::io("rename", &tmp))?;
+    failpoint!(
+        "snapshot::dir_fsync::before",
+        crate::failpoints::snapshot_fault("fsync directory", dir)
+    );
     storage
         .sync_dir(dir)
         .map_err(SnapshotError::io("fsync directory", dir))?;
@@ -347,6 +372,10 @@ pub fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBu
     let mut removed = Vec::new();
     for name in names.into_iter().filter(|n| is_temp_name(n)) {
         let path = dir.join(name);
+        failpoint!(
+            "snapshot::remove_temp::before",
+            crate::failpoints::snapshot_fault("remove", &path)
+        );
         storage
             .remove(&path)
             .map_err(SnapshotError::io("remove", &path))?;
@@ -381,9 +410,17 @@ pub fn collect(storage: &dyn Storage, dir: &Path) -> Result<Collected, SnapshotE
     let excess = files.len().saturating_sub(SNAPSHOTS_KEPT);
     let mut out = Collected::default();
     for file in &files[..excess] {
+        failpoint!(
+            "snapshot::gc_unlink::before",
+            crate::failpoints::snapshot_fault("remove", &file.path)
+        );
         storage
             .remove(&file.path)
             .map_err(SnapshotError::io("remove", &file.path))?;
+        failpoint!(
+            "snapshot::gc_dir_fsync::before",
+            crate::failpoints::snapshot_fault("fsync directory", dir)
+        );
         storage
             .sync_dir(dir)
             .map_err(SnapshotError::io("fsync directory", dir))?;

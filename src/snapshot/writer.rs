@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{collect, write, Collected, SnapshotError, Written};
+use crate::failpoints::failpoint;
 use crate::state::State;
 use crate::wal::Wal;
 
@@ -89,7 +90,9 @@ impl Drop for SnapshotWriter {
 fn run(wal: &Wal, state: State) -> Result<Done, SnapshotError> {
     let started = Instant::now();
     let lsn = state.applied_lsn();
+    failpoint!("snapshot::handoff::received");
     futures_executor::block_on(wal.wait_durable(lsn)).map_err(SnapshotError::Wal)?;
+    failpoint!("snapshot::handoff::durable");
     let durable_wait = started.elapsed();
     let storage = wal.storage();
     let now_ms = SystemTime::now()

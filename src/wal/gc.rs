@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::segment::segment_names;
 use super::storage::Storage;
 use super::WalError;
+use crate::failpoints::failpoint;
 
 /// Deletes, oldest first, every segment all of whose records have LSNs at
 /// or below `lsn`: a segment qualifies when the NEXT segment starts at or
@@ -33,9 +34,17 @@ pub fn remove_segments_through(
             break;
         }
         let path = dir.join(name);
+        failpoint!(
+            "wal::gc_unlink::before",
+            crate::failpoints::wal_fault("remove", &path)
+        );
         storage
             .remove(&path)
             .map_err(|e| WalError::io("remove", &path, e))?;
+        failpoint!(
+            "wal::gc_dir_fsync::before",
+            crate::failpoints::wal_fault("fsync directory", dir)
+        );
         storage
             .sync_dir(dir)
             .map_err(|e| WalError::io("fsync directory", dir, e))?;

@@ -14,6 +14,7 @@ use super::reader::{
 use super::segment::{broken_path, is_temp_name, parse_segment_name};
 use super::storage::Storage;
 use super::{Damage, WalError, WalOptions};
+use crate::failpoints::failpoint;
 
 /// What recovery may do about damage. Chosen by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -222,6 +223,7 @@ pub fn scan_dir_with_progress(
     let mut scans: Vec<SegmentScan> = Vec::with_capacity(segments.len());
     let mut problem = None;
     for (i, file) in segments.iter().enumerate() {
+        failpoint!("recovery::scan::segment");
         let prev = scans
             .last()
             .map(|s| (s.header.segment_seq, s.next_lsn, s.last_crc));
@@ -284,6 +286,7 @@ fn sync_existing(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
         let mut file = storage.open_write(&path).map_err(io("open", &path))?;
         file.sync_all().map_err(io("fsync", &path))?;
     }
+    failpoint!("recovery::sync_existing::after");
     Ok(())
 }
 
@@ -306,6 +309,10 @@ fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>, 
         // A segment that was being created when the process died: its rename
         // never happened, so nothing in it was ever acknowledged.
         let path = dir.join(name);
+        failpoint!(
+            "recovery::remove_temp::before",
+            crate::failpoints::wal_fault("remove", &path)
+        );
         storage
             .remove(&path)
             .map_err(|e| WalError::io("remove", &path, e))?;
@@ -596,6 +603,10 @@ fn cut(
         drop(target);
         if !dropped.is_empty() {
             let side = next_side();
+            failpoint!(
+                "recovery::side_file::before",
+                crate::failpoints::wal_fault("create", side)
+            );
             let mut f = storage.create_new(side).map_err(io("create", side))?;
             f.write_all_at(&dropped, 0).map_err(io("write", side))?;
             f.sync_all().map_err(io("fsync", side))?;
@@ -603,9 +614,17 @@ fn cut(
             let mut seg = storage
                 .open_write(&seg_path)
                 .map_err(io("open", &seg_path))?;
+            failpoint!(
+                "recovery::truncate::before",
+                crate::failpoints::wal_fault("truncate", &seg_path)
+            );
             seg.set_len(p.cut_offset)
                 .map_err(io("truncate", &seg_path))?;
             seg.allocate(len).map_err(io("preallocate", &seg_path))?;
+            failpoint!(
+                "recovery::truncate_sync::before",
+                crate::failpoints::wal_fault("fsync", &seg_path)
+            );
             seg.sync_all().map_err(io("fsync", &seg_path))?;
         }
         let view = storage.read(&seg_path).map_err(io("read", &seg_path))?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::format::SegmentHeader;
 use super::storage::{Storage, StorageFile};
 use super::WalError;
+use crate::failpoints::failpoint;
 
 /// Segment files are named by their first LSN, zero-padded so that the
 /// lexical order of names is the LSN order.
@@ -88,21 +89,49 @@ pub fn create_segment(
     let name = segment_name(header.first_lsn);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{}{TEMP_SUFFIX}", &name[..LSN_DIGITS]));
+    failpoint!(
+        "segment::create::before",
+        crate::failpoints::wal_fault("create", &tmp)
+    );
     let mut file = storage
         .create_new(&tmp)
         .map_err(|e| WalError::io("create", &tmp, e))?;
+    failpoint!(
+        "segment::create_dir_fsync::before",
+        crate::failpoints::wal_fault("fsync directory", dir)
+    );
     storage
         .sync_dir(dir)
         .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    failpoint!(
+        "segment::preallocate::before",
+        crate::failpoints::wal_fault("preallocate", &tmp)
+    );
     file.allocate(capacity)
         .map_err(|e| WalError::io("preallocate", &tmp, e))?;
+    failpoint!(
+        "segment::header_write::before",
+        crate::failpoints::wal_fault("write header", &tmp)
+    );
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| WalError::io("write header", &tmp, e))?;
+    failpoint!(
+        "segment::fsync::before",
+        crate::failpoints::wal_fault("fsync", &tmp)
+    );
     file.sync_all()
         .map_err(|e| WalError::io("fsync", &tmp, e))?;
+    failpoint!(
+        "segment::rename::before",
+        crate::failpoints::wal_fault("rename", &tmp)
+    );
     storage
         .rename(&tmp, &path)
         .map_err(|e| WalError::io("rename", &tmp, e))?;
+    failpoint!(
+        "segment::dir_fsync::before",
+        crate::failpoints::wal_fault("fsync directory", dir)
+    );
     storage
         .sync_dir(dir)
         .map_err(|e| WalError::io("fsync directory", dir, e))?;

@@ -22,6 +22,7 @@ use super::segment::create_segment;
 use super::storage::{StdStorage, Storage, StorageFile};
 use super::telemetry::{Telemetry, TelemetrySnapshot};
 use super::{WalError, WalOptions};
+use crate::failpoints::failpoint;
 
 struct Pending {
     lsn: u64,
@@ -612,19 +613,30 @@ impl Writer {
             let flags = if i + 1 == n { FLAG_BATCH_END } else { 0 };
             crc = encode_frame(&mut self.buf, p.kind, flags, p.lsn, i as u32, &p.payload);
         }
+        failpoint!("wal::batch::encoded");
         let seg = self.segment.as_mut().expect("next_batch opened a segment");
         assert!(
             seg.write_offset + self.buf.len() as u64 <= seg.capacity,
             "batch of {} bytes overruns the segment",
             self.buf.len()
         );
+        failpoint!(
+            "wal::write::before",
+            crate::failpoints::wal_fault("write", &seg.path)
+        );
         seg.file
             .write_all_at(&self.buf, seg.write_offset)
             .map_err(|e| WalError::io("write", &seg.path, e))?;
+        failpoint!("wal::write::after");
+        failpoint!(
+            "wal::fdatasync::before",
+            crate::failpoints::wal_fault("fdatasync", &seg.path)
+        );
         let started = Instant::now();
         seg.file
             .sync_data()
             .map_err(|e| WalError::io("fdatasync", &seg.path, e))?;
+        failpoint!("wal::fdatasync::after");
         let sync_us = started.elapsed().as_micros() as u64;
         seg.write_offset += self.buf.len() as u64;
         self.last_crc = crc;
@@ -642,6 +654,7 @@ impl Writer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record_sync(sync_us, n as u64, self.buf.len() as u64);
+        failpoint!("wal::ack::before");
         self.shared
             .durable_lsn
             .store(self.written_lsn, Ordering::Release);
@@ -659,6 +672,7 @@ impl Writer {
             self.written_lsn + 1,
             "roll at a non-contiguous LSN"
         );
+        failpoint!("wal::roll::before");
         let header = SegmentHeader {
             segment_seq: self.next_seq,
             first_lsn,
@@ -670,6 +684,7 @@ impl Writer {
             &header,
             self.options.segment_bytes,
         )?;
+        failpoint!("wal::roll::switch");
         tracing::debug!(path = %path.display(), first_lsn, seq = header.segment_seq, "WAL segment rolled");
         self.segment = Some(OpenSegment {
             path,
