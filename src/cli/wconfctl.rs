@@ -135,6 +135,7 @@ impl DrillArgs {
             liveness_bound_ms: self.liveness_bound_ms,
             kill_delay_max_ms: self.kill_delay_max_ms,
             wconfd_args: self.wconfd_args,
+            point_cycles: vec![],
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,12 +55,18 @@ pub struct Ready {
 impl Spawner {
     /// Starts `wconfd` on an ephemeral port, logging warnings to a pipe.
     pub fn spawn(&self) -> Result<Daemon, String> {
+        self.spawn_with(&[])
+    }
+
+    /// [`Spawner::spawn`] with extra environment variables (failpoints).
+    pub fn spawn_with(&self, env: &[(String, String)]) -> Result<Daemon, String> {
         let mut child = Command::new(&self.wconfd)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(&self.extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -73,7 +79,11 @@ impl Spawner {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     let mut l = lines.lock().expect("stderr lines");
-                    if l.len() < STDERR_LINES_MAX {
+                    // A failpoint's report is how the drill knows the
+                    // death was the point: it is kept past the cap.
+                    if l.len() < STDERR_LINES_MAX
+                        || line.starts_with(crate::failpoints::KILL_REPORT)
+                    {
                         l.push(line);
                     }
                 }
@@ -138,6 +148,21 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Waits up to `bound` for the daemon to exit on its own, and reaps it.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling with a deadline: the child gives no other signal.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                _ => return None,
+            }
+        }
+    }
+
     pub fn signal(&self, signal: Signal) -> Result<(), String> {
         kill(self.pid(), signal).map_err(|e| format!("{signal} to wconfd: {e}"))
     }
@@ -186,9 +211,13 @@ fn parse_ready(line: &str, elapsed: Duration) -> Option<Ready> {
 pub struct LogReader {
     /// The state of every record read so far.
     state: State,
-    /// The CRC of each record read so far, by LSN - 1: a fingerprint of
-    /// its bytes (the scan checked each CRC against them).
+    /// The CRC of each record read so far, by LSN - 1 - `skipped`: a
+    /// fingerprint of its bytes (the scan checked each CRC against them).
     crcs: Vec<u32>,
+    /// LSNs never read: the daemon collected their segments after a
+    /// snapshot before the drill read them, and `state` went on from that
+    /// snapshot.
+    skipped: u64,
 }
 
 /// What [`LogReader::compare`] found.
@@ -249,16 +278,33 @@ impl LogReader {
     pub fn advance(&mut self, dir: &Path) -> Result<Option<String>, String> {
         let state = &mut self.state;
         let crcs = &mut self.crcs;
+        let skipped = &mut self.skipped;
         for_each_record(dir, |frame| {
             if frame.lsn <= state.applied_lsn() {
                 return Ok(());
             }
             if frame.lsn != state.applied_lsn() + 1 {
-                return Err(format!(
-                    "the log jumps from LSN {} to {}: records were collected before the drill read them",
+                // Collected after a snapshot: go on from the oldest
+                // snapshot that reaches the log as it is now.
+                let jump = format!(
+                    "the log jumps from LSN {} to {}",
                     state.applied_lsn(),
                     frame.lsn
-                ));
+                );
+                let snapshot = crate::snapshot::list(dir)
+                    .map_err(|e| format!("{jump}: {e}"))?
+                    .into_iter()
+                    .filter(|f| f.lsn + 1 >= frame.lsn && f.lsn > state.applied_lsn())
+                    .min_by_key(|f| f.lsn)
+                    .ok_or_else(|| format!("{jump} and no snapshot covers the gap"))?;
+                let loaded =
+                    crate::snapshot::load(&snapshot.path).map_err(|e| format!("{jump}: {e}"))?;
+                *state = loaded.state;
+                crcs.clear();
+                *skipped = snapshot.lsn;
+                if frame.lsn <= state.applied_lsn() {
+                    return Ok(());
+                }
             }
             apply_frame(state, frame).map_err(|e| e.to_string())?;
             crcs.push(frame.header.crc);
@@ -276,22 +322,23 @@ impl LogReader {
     /// that segment collection removed after a snapshot are not compared.
     pub fn compare(&self, dir: &Path) -> Result<Comparison, String> {
         let lsn = self.lsn();
+        let base = self.skipped + 1;
         let mut first_lsn = None;
         let mut crcs = Vec::with_capacity(self.crcs.len());
         let mut kinds_after = vec![];
         for_each_record(dir, |frame| {
-            first_lsn.get_or_insert(frame.lsn);
-            if frame.lsn <= lsn {
-                crcs.push(frame.header.crc);
-            } else {
+            if frame.lsn > lsn {
                 kinds_after.push(frame.kind);
+            } else if frame.lsn >= base {
+                first_lsn.get_or_insert(frame.lsn);
+                crcs.push(frame.header.crc);
             }
             Ok(())
         })?;
-        let from = first_lsn.unwrap_or(lsn + 1).clamp(1, lsn + 1) as usize - 1;
+        let from = (first_lsn.unwrap_or(lsn + 1).clamp(base, lsn + 1) - base) as usize;
         let remembered = &self.crcs[from.min(self.crcs.len())..];
         let (mut before, mut after) = (fold_crcs(remembered), fold_crcs(&crcs));
-        if before != after && from == 0 {
+        if before != after && from == 0 && base == 1 {
             // The records differ: say whether the states they replay to do.
             let mut replayed = State::new();
             for_each_record(dir, |frame| {

@@ -7,15 +7,18 @@
 //!
 //! Module map: [`history`] is the record of requests, [`check`] the pure
 //! invariant checker, [`daemon`] the process and the read-only log reader,
-//! [`load`] the job clients; this file runs the drill and builds the report.
+//! [`load`] the job clients, [`points`] the kills at named failpoints (a
+//! failpoints build of `wconfd`); this file runs the drill and builds the
+//! report.
 
 pub mod check;
 pub mod daemon;
 pub mod history;
 pub mod load;
+pub mod points;
 mod report;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +34,7 @@ use check::{Holder, Model, Observed, Violation};
 use daemon::{Daemon, Spawner};
 use history::{History, OpKind, Outcome};
 use load::{Control, Job, Phase, Shared};
+pub use points::PointCycle;
 pub use report::{InvariantResult, Report, ViolationReport};
 
 /// The file a drill leaves in a data directory it created, so a later
@@ -73,6 +77,10 @@ pub struct DrillOptions {
     pub kill_delay_max_ms: u64,
     /// Passed to `wconfd` as they are.
     pub wconfd_args: Vec<String>,
+    /// Non-empty: one kill cycle each, killing at named failpoints (needs
+    /// a `wconfd` built with `--features failpoints`) instead of `kills`
+    /// random-time kills.
+    pub point_cycles: Vec<PointCycle>,
 }
 
 impl DrillOptions {
@@ -202,6 +210,8 @@ struct Tally {
     stderr: Vec<Vec<String>>,
     aborted: Option<String>,
     log: daemon::LogReader,
+    /// Deaths at each failpoint, serving and recovering.
+    point_kills: BTreeMap<String, usize>,
 }
 
 impl Tally {
@@ -250,7 +260,9 @@ pub fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
     };
     let bound = Duration::from_millis(opts.liveness_bound_ms);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut daemon = spawner.spawn().map_err(DrillError::Setup)?;
+    let mut daemon = spawner
+        .spawn_with(&cycle_env(opts, &drill_id, 0))
+        .map_err(DrillError::Setup)?;
     let ready = daemon
         .wait_ready(bound)
         .map_err(|e| DrillError::Setup(format!("the first start failed: {e}")))?;
@@ -283,7 +295,11 @@ pub fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
         }
         set_phase(&shared, Phase::Load);
         let mut run = 0u32;
-        for _ in 0..opts.kills {
+        let kills = match opts.point_cycles.len() {
+            0 => opts.kills,
+            n => n,
+        };
+        for _ in 0..kills {
             match kill_cycle(
                 opts,
                 &spawner,
@@ -341,6 +357,19 @@ pub fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(report)
+}
+
+/// The environment of the daemon that serves run `run`: a kill at the
+/// point of that cycle, armed when the load runs.
+fn cycle_env(opts: &DrillOptions, drill_id: &str, run: u32) -> Vec<(String, String)> {
+    match opts
+        .point_cycles
+        .get(run as usize)
+        .and_then(|c| c.kill.as_ref())
+    {
+        Some(kill) => points::kill_env(kill, Some(&points::arm_path(drill_id, run))),
+        None => vec![],
+    }
 }
 
 fn set_phase(shared: &Shared, phase: Phase) {
@@ -412,18 +441,25 @@ fn kill_cycle(
     tally: &mut Tally,
 ) -> Result<Daemon, String> {
     let bound = Duration::from_millis(opts.liveness_bound_ms);
-    // Not synchronisation: the delay is the moment of the crash.
-    std::thread::sleep(Duration::from_millis(
-        rng.gen_range(0..=opts.kill_delay_max_ms),
-    ));
-    if opts.pause && (tally.pauses == 0 || rng.gen_bool(0.1)) {
-        pause(shared, daemon, run, opts.clients)?;
-        tally.pauses += 1;
+    let cycle = opts.point_cycles.get(run as usize);
+    if let Some(kill) = cycle.and_then(|c| c.kill.as_ref()) {
+        let arm = points::arm_path(&shared.drill_id, run);
+        points::await_kill(daemon, kill, &arm)?;
+        *tally.point_kills.entry(kill.point.clone()).or_default() += 1;
+    } else {
+        // Not synchronisation: the delay is the moment of the crash.
         std::thread::sleep(Duration::from_millis(
             rng.gen_range(0..=opts.kill_delay_max_ms),
         ));
+        if opts.pause && (tally.pauses == 0 || rng.gen_bool(0.1)) {
+            pause(shared, daemon, run, opts.clients)?;
+            tally.pauses += 1;
+            std::thread::sleep(Duration::from_millis(
+                rng.gen_range(0..=opts.kill_delay_max_ms),
+            ));
+        }
+        daemon.kill();
     }
-    daemon.kill();
     tally.kills += 1;
     tally.daemon_exited(run as usize, daemon.stderr_lines());
     let all_down = {
@@ -443,6 +479,14 @@ fn kill_cycle(
         ));
     }
 
+    if let Some(c) = cycle.filter(|c| c.tear_tail) {
+        match &c.kill {
+            Some(k) if points::TEARABLE_AFTER.contains(&k.point.as_str()) => {
+                points::tear_tail(&spawner.data_dir)?
+            }
+            _ => return Err("a tear needs a kill between a write and its ack".into()),
+        }
+    }
     // 7: the log before a recovery killed part-way, and after it.
     if let Some(damage) = tally.log.advance(&spawner.data_dir)? {
         tally.add(vec![Violation {
@@ -454,10 +498,24 @@ fn kill_cycle(
             ops: vec![],
         }]);
     }
-    let typical_ms = tally.recoveries_ms.last().map_or(50, |r| r.1).max(1);
-    let mut partial = spawner.spawn()?;
-    std::thread::sleep(Duration::from_millis(rng.gen_range(0..=typical_ms)));
-    partial.kill();
+    let partial = match cycle.and_then(|c| c.recovery.as_deref()) {
+        Some(point) => {
+            let hits = points::recovery_hits(point, &spawner.data_dir, tally.log.lsn())?;
+            let kill =
+                crate::failpoints::KillAt::parse(&format!("{point}:{}", rng.gen_range(1..=hits)))?;
+            let mut partial = spawner.spawn_with(&points::kill_env(&kill, None))?;
+            points::await_point_death(&mut partial, &kill, bound)?;
+            *tally.point_kills.entry(kill.point).or_default() += 1;
+            partial
+        }
+        None => {
+            let typical_ms = tally.recoveries_ms.last().map_or(50, |r| r.1).max(1);
+            let mut partial = spawner.spawn()?;
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..=typical_ms)));
+            partial.kill();
+            partial
+        }
+    };
     tally.recovery_kills += 1;
     tally.daemon_exited(run as usize + 1, partial.stderr_lines());
     let c = tally.log.compare(&spawner.data_dir)?;
@@ -469,7 +527,7 @@ fn kill_cycle(
         &c.kinds_after,
     ));
 
-    let mut next = spawner.spawn()?;
+    let mut next = spawner.spawn_with(&cycle_env(opts, &shared.drill_id, run + 1))?;
     let ready = match next.wait_ready(bound) {
         Ok(r) => r,
         Err(e) => {

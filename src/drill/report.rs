@@ -51,6 +51,9 @@ pub struct Report {
     pub violations: Vec<ViolationReport>,
     /// Why the drill stopped before its last kill, if it did.
     pub aborted: Option<String>,
+    /// SIGKILLs at each named failpoint (a failpoint drill only).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failpoint_kills: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -216,6 +219,7 @@ pub(super) fn build(
         invariants,
         violations,
         aborted: tally.aborted,
+        failpoint_kills: tally.point_kills,
     }
 }
 
@@ -271,6 +275,15 @@ impl Report {
         }
         if let Some(why) = &self.aborted {
             let _ = writeln!(out, "{:<width$} {why}", "aborted:");
+        }
+        if !self.failpoint_kills.is_empty() {
+            let total: usize = self.failpoint_kills.values().sum();
+            let points = self.failpoint_kills.len();
+            let _ = writeln!(
+                out,
+                "{:<width$} {total} at {points} points",
+                "failpoint kills:"
+            );
         }
         out.push_str("invariants:\n");
         let name_width = self

@@ -3,6 +3,8 @@
 //!
 //! - `drill`: `wconfctl drill` end to end, the CI kill volume, and its
 //!   invariant checker fed doctored histories.
+//! - `failpoints` (with `--features failpoints`): SIGKILLs at every named
+//!   failpoint of the write path, segment roll, snapshot and recovery.
 //! - `wal_props`: recovery against damage (cuts, torn writes, bit flips,
 //!   garbage) on random logs written by the real writer.
 //! - `golden`: checked-in segment files of format version 1, which every later
@@ -45,6 +47,8 @@ mod bench;
 mod crash_states;
 mod daemon;
 mod drill;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod fairness;
 mod golden;
 mod handoff;
