@@ -41,6 +41,7 @@ rm -rf "$data" "$out"
 mkdir -p "$(dirname "$data")" "$out"
 echo "machine: nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg), $(git rev-parse --short HEAD)"
 
+: >"$data.log"
 "$bin/wconfd" --data-dir "$data" --listen "$addr" >"$data.log" 2>&1 &
 daemon_pid=$!
 trap 'kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true' EXIT
