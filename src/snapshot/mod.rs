@@ -347,6 +347,10 @@ pub fn load_newest_at_or_below_with(
                     skipped,
                 })
             }
+            // A read error is the disk failing, not a damaged file: falling
+            // back would hide it and replay more than needed from a log on
+            // the same disk. Refuse, as a segment read error is refused.
+            Err(e @ SnapshotError::Io { .. }) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "snapshot does not load; trying an older one");
                 skipped.push(e);
