@@ -11,7 +11,7 @@
 //! the LSN it read at (G4). A release and the grants it allows are one step,
 //! so they share a group commit (early lock release, see ARCHITECTURE.md).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,21 @@ pub const EXPIRED_REMEMBERED_MAX: usize = 65_536;
 /// Snapshot requests waiting for the next snapshot while one is being
 /// written, at most; past it they are answered 503 with `Retry-After`.
 pub const SNAPSHOT_REQUESTS_MAX: usize = 64;
+/// Deadlines of waiters that already left (granted, cancelled) are kept
+/// until they pass or until there are more than this many beyond twice the
+/// live waiters; then they are pruned in one pass (amortised O(1)).
+const DEADLINES_STALE_MAX: usize = 1_024;
+
+/// When each waiting acquire or transaction gives up, earliest first, and
+/// the one timer armed for the earliest. One timer, not one per waiter:
+/// actix polls every timer of an actor at each of its wake-ups, and with 64
+/// waiters that polling was about 60 % of the daemon's CPU under the
+/// `contended` workload (perf: `Sleep::poll` and its wakers).
+#[derive(Default)]
+struct Deadlines {
+    queue: BTreeSet<(Instant, WaiterId)>,
+    armed: Option<(Instant, SpawnHandle)>,
+}
 
 /// When the lock actor takes a snapshot by itself: after this many records
 /// or this many bytes of frames since the last one, whichever comes first
@@ -167,6 +182,10 @@ pub struct LockActor {
     expired: VecDeque<SessionId>,
     expired_set: HashSet<SessionId>,
     snapshots: Option<Snapshots>,
+    deadlines: Deadlines,
+    /// Set while a step's records go through the WAL actor (`ctx.wait`);
+    /// no other step may append meanwhile, or LSN order would break.
+    appending_via_actor: bool,
 }
 
 impl LockActor {
@@ -191,6 +210,8 @@ impl LockActor {
             expired: VecDeque::new(),
             expired_set: HashSet::new(),
             snapshots: None,
+            deadlines: Deadlines::default(),
+            appending_via_actor: false,
         }
     }
 
@@ -262,6 +283,13 @@ impl LockActor {
     /// allowed, decided in the same step, become durable together (early
     /// lock release; ARCHITECTURE.md, "The lock hand-off").
     fn finish(&mut self, step: Step, ctx: &mut Context<Self>) {
+        // Guards LSN order on disk: ctx.wait below holds every message and
+        // timer until the WAL actor has queued the records, and each callback
+        // ends at most one step.
+        assert!(
+            !self.appending_via_actor,
+            "a step ended while the last one's records were still on their way to the log"
+        );
         let visible_lsn = self.state.applied_lsn();
         let locks = self.state.locks();
         let sessions = self.state.sessions().len();
@@ -329,7 +357,9 @@ impl LockActor {
                 Err(e) => Err(format!("WAL actor: {e}")),
             }
         };
-        ctx.wait(send.into_actor(self).map(move |sent, _act, _ctx| {
+        self.appending_via_actor = true;
+        ctx.wait(send.into_actor(self).map(move |sent, act, _ctx| {
+            act.appending_via_actor = false;
             let appended = sent.unwrap_or_else(|e| fail_stop(&e));
             answer_when_durable(first_lsn, count, appended, answers);
         }));
@@ -575,10 +605,66 @@ impl LockActor {
         Ok(applied.lsn)
     }
 
-    /// A waiter's time is up: it leaves the queue (so it blocks nobody any
-    /// more) and its request fails; the waiters behind it may go now.
-    fn waiter_timed_out(&mut self, id: WaiterId, ctx: &mut Context<Self>) {
+    /// `id` gives up waiting `wait_ms` from now, unless granted before.
+    fn wait_until(&mut self, id: WaiterId, wait_ms: u64, ctx: &mut Context<Self>) {
+        let at = Instant::now() + Duration::from_millis(wait_ms);
+        self.deadlines.queue.insert((at, id));
+        let live = self.waiting.len() + self.txns.len();
+        if self.deadlines.queue.len() > 2 * live + DEADLINES_STALE_MAX {
+            let (waiting, txns) = (&self.waiting, &self.txns);
+            self.deadlines
+                .queue
+                .retain(|(_, id)| waiting.contains_key(id) || txns.contains_key(id));
+        }
+        self.arm_deadline(ctx);
+    }
+
+    /// Arms the one deadline timer for the earliest deadline, unless it is
+    /// armed for that or earlier already.
+    fn arm_deadline(&mut self, ctx: &mut Context<Self>) {
+        let Some(&(next, _)) = self.deadlines.queue.first() else {
+            return;
+        };
+        match self.deadlines.armed.take() {
+            Some((at, handle)) if at <= next => {
+                self.deadlines.armed = Some((at, handle));
+                return;
+            }
+            Some((_, handle)) => {
+                ctx.cancel_future(handle);
+            }
+            None => {}
+        }
+        let handle = ctx.run_later(
+            next.saturating_duration_since(Instant::now()),
+            |act, ctx| act.deadlines_due(ctx),
+        );
+        self.deadlines.armed = Some((next, handle));
+    }
+
+    /// Times out every waiter whose deadline has passed, in one step (one
+    /// `finish` per callback keeps LSN order), then re-arms the timer.
+    fn deadlines_due(&mut self, ctx: &mut Context<Self>) {
+        self.deadlines.armed = None;
+        let now = Instant::now();
         let mut step = Step::new(false);
+        while let Some(&(at, id)) = self.deadlines.queue.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.queue.pop_first();
+            if self.waiter_timed_out(&mut step, id) {
+                self.wake(&mut step);
+            }
+        }
+        self.finish(step, ctx);
+        self.arm_deadline(ctx);
+    }
+
+    /// A waiter's time is up: it leaves the queue (so it blocks nobody any
+    /// more) and its request fails; the waiters behind it may go now (the
+    /// caller wakes them). False if it was no longer waiting.
+    fn waiter_timed_out(&mut self, step: &mut Step, id: WaiterId) -> bool {
         if let Some(txn) = self.txns.remove(&id) {
             self.state.cancel_waiter(id);
             let err = ApiError::new(
@@ -593,10 +679,9 @@ impl LockActor {
                 step.answers.push(answer(reply, Ok(not_granted(blockers))));
             }
         } else {
-            return;
+            return false;
         }
-        self.wake(&mut step);
-        self.finish(step, ctx);
+        true
     }
 }
 
@@ -962,9 +1047,7 @@ impl Handler<Acquire> for LockActor {
             Ok(Acquired::Waiting(id)) => {
                 self.metrics.lock_wait_started();
                 self.waiting.insert(id, m.reply);
-                ctx.run_later(Duration::from_millis(m.wait_ms), move |act, ctx| {
-                    act.waiter_timed_out(id, ctx)
-                });
+                self.wait_until(id, m.wait_ms, ctx);
             }
             Err(e) => step.answers.push(answer(m.reply, Err(e))),
         }
@@ -1182,9 +1265,7 @@ impl Handler<Txn> for LockActor {
         };
         if let Some(id) = self.txn(&mut step, txn, request_id) {
             self.metrics.lock_wait_started();
-            ctx.run_later(Duration::from_millis(wait_ms), move |act, ctx| {
-                act.waiter_timed_out(id, ctx)
-            });
+            self.wait_until(id, wait_ms, ctx);
         }
         self.finish(step, ctx);
     }

@@ -398,3 +398,63 @@ fn a_lease_that_runs_out_hands_config_over_in_one_durable_step() {
     assert!(server.fail_stopped().is_none());
     server.stop().unwrap();
 }
+
+#[test]
+fn waits_end_at_their_own_deadlines_whatever_the_arrival_order() {
+    // Invariant: with one deadline timer for all waiters, each waiting
+    // acquire that is not granted is answered `granted: false` no sooner
+    // than its `wait_ms`, a later waiter with a shorter wait is answered
+    // while an earlier, longer one still waits, and a waiter granted before
+    // its deadline is not timed out afterwards.
+    let mem = MemStorage::new();
+    let (server, c) = start_with(&mem, &options());
+    let base = format!("http://{}", server.addr());
+    let [holder, long, short, middle] = ["holder", "long", "short", "middle"]
+        .map(|n| c.create_session(Some(n), 600_000).unwrap().session);
+    answered(
+        &acquire_waiting(&base, &holder, Mode::Exclusive, "holder"),
+        "holder",
+    );
+    let waits = |session: &str, wait_ms: u64| {
+        let (tx, rx) = mpsc::channel();
+        let c = Client::new(base.clone());
+        let request = AcquireRequest {
+            session: session.into(),
+            locks: vec![LockSpec {
+                name: CONFIG_LOCK.into(),
+                mode: Mode::Exclusive,
+            }],
+            wait_ms,
+            priority: 0,
+            min: None,
+            request_id: None,
+        };
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let _ = tx.send((c.acquire(&request), started.elapsed()));
+        });
+        rx
+    };
+    let long_rx = waits(&long, 600_000);
+    until_waiting(&c, &[&long]);
+    let middle_rx = waits(&middle, 400);
+    until_waiting(&c, &[&long, &middle]);
+    let short_rx = waits(&short, 200);
+    for (rx, wait_ms, who) in [(&short_rx, 200, "short"), (&middle_rx, 400, "middle")] {
+        let (answer, waited) = rx.recv_timeout(PATIENCE).expect("timed out");
+        let answer = answer.unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert!(!answer.granted, "{who}: {answer:?}");
+        assert!(
+            waited >= Duration::from_millis(wait_ms),
+            "{who} gave up after {waited:?}, before its {wait_ms} ms"
+        );
+    }
+    until_waiting(&c, &[&long]);
+    assert_eq!(c.locks().unwrap().waiters.len(), 1, "only long still waits");
+    let w = answered(&write_releasing(&base, &holder, 1), "holder's write");
+    assert!(w.applied);
+    let (granted, _) = long_rx.recv_timeout(PATIENCE).expect("long answered");
+    assert!(granted.expect("long's acquire").granted);
+    assert!(server.fail_stopped().is_none());
+    server.stop().unwrap();
+}
