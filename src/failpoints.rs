@@ -78,6 +78,13 @@ pub const KILL_ENV: &str = "WCONF_FAILPOINT_KILL";
 /// A file path: hits of the [`KILL_ENV`] point count only once this file
 /// exists, so a drill can let start-up and its own checks pass first.
 pub const ARM_ENV: &str = "WCONF_FAILPOINT_ARM";
+/// `<point>:<nth>:<EIO|ENOSPC>`: the nth hit of the point (counted as for
+/// [`KILL_ENV`], armed by [`ARM_ENV`]) fails its I/O call with that error.
+/// Only points placed before an I/O call (with a return closure) can fail.
+pub const FAULT_ENV: &str = "WCONF_FAILPOINT_FAULT";
+/// The start of the line written to stderr when that fault is injected:
+/// `wconfd failpoint fault <ERR> at <point> hit <nth>`.
+pub const FAULT_REPORT: &str = "wconfd failpoint fault ";
 /// The start of the line `wconfd` writes to stderr just before it raises
 /// SIGKILL at a point: `wconfd failpoint SIGKILL at <point> hit <nth>`.
 pub const KILL_REPORT: &str = "wconfd failpoint SIGKILL at ";
@@ -98,6 +105,9 @@ macro_rules! failpoint {
         fail::fail_point!($name)
     };
     ($name:literal, $on_return:expr) => {
+        if let Some(arg) = $crate::failpoints::injected_fault($name) {
+            return ($on_return)(arg);
+        }
         fail::fail_point!($name, $on_return)
     };
 }
@@ -184,19 +194,110 @@ impl KillAt {
     }
 }
 
+/// What [`FAULT_ENV`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultAt {
+    pub at: KillAt,
+    /// `EIO` or `ENOSPC`.
+    pub error: String,
+}
+
+impl FaultAt {
+    /// Parses `<point>:<nth>:<EIO|ENOSPC>`.
+    pub fn parse(text: &str) -> Result<FaultAt, String> {
+        let (at, error) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{FAULT_ENV}={text:?}: expected <point>:<nth>:<EIO|ENOSPC>"))?;
+        if error != "EIO" && error != "ENOSPC" {
+            return Err(format!(
+                "{FAULT_ENV}={text:?}: the error must be EIO or ENOSPC"
+            ));
+        }
+        Ok(FaultAt {
+            at: KillAt::parse(at)?,
+            error: error.to_string(),
+        })
+    }
+
+    pub fn env_value(&self) -> String {
+        format!("{}:{}", self.at.env_value(), self.error)
+    }
+
+    /// The line the daemon writes when it injects the fault.
+    pub fn report_line(&self) -> String {
+        format!(
+            "{FAULT_REPORT}{} at {} hit {}",
+            self.error, self.at.point, self.at.nth
+        )
+    }
+}
+
+/// A hit counter of one point, counting once armed.
+#[cfg(feature = "failpoints")]
+struct Counter {
+    nth: u64,
+    arm: Option<std::path::PathBuf>,
+    armed: std::sync::atomic::AtomicBool,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(feature = "failpoints")]
+impl Counter {
+    fn new(nth: u64, arm: Option<std::path::PathBuf>) -> Counter {
+        Counter {
+            nth,
+            armed: std::sync::atomic::AtomicBool::new(arm.is_none()),
+            arm,
+            hits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a hit; true at exactly the nth armed one.
+    fn hit(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.armed.load(Ordering::Acquire) {
+            // Not synchronisation: one stat per hit until the drill arms us.
+            if self.arm.as_deref().is_some_and(|p| p.exists()) {
+                self.armed.store(true, Ordering::Release);
+            } else {
+                return false;
+            }
+        }
+        self.hits.fetch_add(1, Ordering::AcqRel) + 1 == self.nth
+    }
+}
+
+#[cfg(feature = "failpoints")]
+static FAULT: std::sync::OnceLock<(FaultAt, Counter)> = std::sync::OnceLock::new();
+
+/// The `return` argument for `point` if [`FAULT_ENV`] fails it now (the
+/// nth armed hit), after writing the report line. Called by `failpoint!`.
+#[cfg(feature = "failpoints")]
+pub fn injected_fault(point: &str) -> Option<Option<String>> {
+    let (fault, counter) = FAULT.get()?;
+    if fault.at.point != point || !counter.hit() {
+        return None;
+    }
+    use std::io::Write;
+    let line = format!("{}\n", fault.report_line());
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    Some(Some(fault.error.clone()))
+}
+
 /// Configures the failpoints from the environment ([`KILL_ENV`],
 /// [`ARM_ENV`], `FAILPOINTS`). Call once, first thing in `wconfd`. In a
 /// build without failpoints, any of these variables is an error: a drill
 /// that asks for a kill at a point must not silently run without it.
 pub fn configure_from_env() -> Result<(), String> {
     let kill = std::env::var(KILL_ENV).ok();
+    let fault = std::env::var(FAULT_ENV).ok();
     let actions = std::env::var("FAILPOINTS").ok();
     if !ENABLED {
-        return match (kill, actions) {
-            (None, None) => Ok(()),
+        return match (kill, fault, actions) {
+            (None, None, None) => Ok(()),
             _ => Err(format!(
-                "{KILL_ENV} or FAILPOINTS is set, but this wconfd was built without \
-                 failpoints (build with --features failpoints)"
+                "{KILL_ENV}, {FAULT_ENV} or FAILPOINTS is set, but this wconfd was built \
+                 without failpoints (build with --features failpoints)"
             )),
         };
     }
@@ -213,10 +314,14 @@ pub fn configure_from_env() -> Result<(), String> {
                 fail::cfg(name, action).map_err(|e| format!("FAILPOINTS {name}: {e}"))?;
             }
         }
+        let arm = std::env::var_os(ARM_ENV).map(std::path::PathBuf::from);
+        if let Some(fault) = fault {
+            let fault = FaultAt::parse(&fault)?;
+            let counter = Counter::new(fault.at.nth, arm.clone());
+            let _ = FAULT.set((fault, counter));
+        }
         if let Some(kill) = kill {
-            let kill = KillAt::parse(&kill)?;
-            let arm = std::env::var_os(ARM_ENV).map(std::path::PathBuf::from);
-            arm_kill(kill, arm)?;
+            arm_kill(KillAt::parse(&kill)?, arm)?;
         }
     }
     Ok(())
@@ -229,21 +334,11 @@ pub fn configure_from_env() -> Result<(), String> {
 #[cfg(feature = "failpoints")]
 fn arm_kill(kill: KillAt, arm: Option<std::path::PathBuf>) -> Result<(), String> {
     use std::io::Write;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    let hits = AtomicU64::new(0);
-    let armed = AtomicBool::new(arm.is_none());
+    let counter = Counter::new(kill.nth, arm);
     let line = format!("{}\n", kill.report_line());
     fail::cfg_callback(kill.point.clone(), move || {
-        if !armed.load(Ordering::Acquire) {
-            // Not synchronisation: one stat per hit until the drill arms us.
-            if arm.as_deref().is_some_and(|p| p.exists()) {
-                armed.store(true, Ordering::Release);
-            } else {
-                return;
-            }
-        }
-        if hits.fetch_add(1, Ordering::AcqRel) + 1 == kill.nth {
+        if counter.hit() {
             let _ = std::io::stderr().write_all(line.as_bytes());
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }

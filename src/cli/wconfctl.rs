@@ -108,6 +108,12 @@ struct DrillArgs {
     /// (the first cycle and about one in ten).
     #[arg(long)]
     pause: bool,
+    /// Every other cycle, fail a storage step of wconfd (EIO or ENOSPC at
+    /// a random write, sync or segment-roll step) instead of killing it;
+    /// it must stop by itself and lose nothing acknowledged. Needs a
+    /// wconfd built with --features failpoints.
+    #[arg(long)]
+    storage_faults: bool,
     /// The daemon must serve again within this many ms after a restart.
     #[arg(long, default_value_t = crate::drill::DrillOptions::LIVENESS_BOUND_MS_DEFAULT)]
     liveness_bound_ms: u64,
@@ -136,6 +142,7 @@ impl DrillArgs {
             kill_delay_max_ms: self.kill_delay_max_ms,
             wconfd_args: self.wconfd_args,
             point_cycles: vec![],
+            storage_faults: self.storage_faults,
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct DrillOptions {
     /// a `wconfd` built with `--features failpoints`) instead of `kills`
     /// random-time kills.
     pub point_cycles: Vec<PointCycle>,
+    /// Every other cycle, fail a storage step (EIO, ENOSPC) of a failpoints
+    /// `wconfd` instead of killing it: it must stop by itself.
+    pub storage_faults: bool,
 }
 
 impl DrillOptions {
@@ -212,6 +215,8 @@ struct Tally {
     log: daemon::LogReader,
     /// Deaths at each failpoint, serving and recovering.
     point_kills: BTreeMap<String, usize>,
+    /// Storage faults injected, each followed by a fail-stop.
+    faults: usize,
 }
 
 impl Tally {
@@ -252,6 +257,24 @@ pub fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
         .map_or(0, |d| d.as_nanos() as u64);
     let seed = opts.seed.unwrap_or(nanos % 1_000_000_007);
     let drill_id = format!("{:x}", nanos ^ seed.rotate_left(17));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let faulty;
+    let opts = if opts.storage_faults {
+        let mut o = opts.clone();
+        o.point_cycles = points::storage_fault_plan(&mut rng, opts.kills);
+        if !o
+            .wconfd_args
+            .iter()
+            .any(|a| a.starts_with("--segment-size"))
+        {
+            o.wconfd_args
+                .insert(0, points::FAULT_SEGMENT_ARG.to_string());
+        }
+        faulty = o;
+        &faulty
+    } else {
+        opts
+    };
     let (dir, scratch) = prepare_dir(opts, &drill_id)?;
     let spawner = Spawner {
         wconfd: opts.wconfd.clone(),
@@ -259,13 +282,19 @@ pub fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
         extra: opts.wconfd_args.clone(),
     };
     let bound = Duration::from_millis(opts.liveness_bound_ms);
-    let mut rng = StdRng::seed_from_u64(seed);
     let mut daemon = spawner
         .spawn_with(&cycle_env(opts, &drill_id, 0))
         .map_err(DrillError::Setup)?;
-    let ready = daemon
-        .wait_ready(bound)
-        .map_err(|e| DrillError::Setup(format!("the first start failed: {e}")))?;
+    let ready = daemon.wait_ready(bound).map_err(|e| {
+        if opts.storage_faults && e.contains("without failpoints") {
+            DrillError::Usage(format!(
+                "--storage-faults needs a wconfd built with --features failpoints; {} is not",
+                opts.wconfd.display()
+            ))
+        } else {
+            DrillError::Setup(format!("the first start failed: {e}"))
+        }
+    })?;
     let root = format!("/wconf-drill-{drill_id}");
     let shared = Shared {
         history: Mutex::new(History::default()),
@@ -362,13 +391,15 @@ pub fn run(opts: &DrillOptions) -> Result<Report, DrillError> {
 /// The environment of the daemon that serves run `run`: a kill at the
 /// point of that cycle, armed when the load runs.
 fn cycle_env(opts: &DrillOptions, drill_id: &str, run: u32) -> Vec<(String, String)> {
-    match opts
-        .point_cycles
-        .get(run as usize)
-        .and_then(|c| c.kill.as_ref())
-    {
-        Some(kill) => points::kill_env(kill, Some(&points::arm_path(drill_id, run))),
-        None => vec![],
+    let arm = points::arm_path(drill_id, run);
+    match opts.point_cycles.get(run as usize) {
+        Some(PointCycle {
+            kill: Some(kill), ..
+        }) => points::kill_env(kill, Some(&arm)),
+        Some(PointCycle {
+            fault: Some(fault), ..
+        }) => points::fault_env(fault, &arm),
+        _ => vec![],
     }
 }
 
@@ -446,6 +477,11 @@ fn kill_cycle(
         let arm = points::arm_path(&shared.drill_id, run);
         points::await_kill(daemon, kill, &arm)?;
         *tally.point_kills.entry(kill.point.clone()).or_default() += 1;
+        tally.kills += 1;
+    } else if let Some(fault) = cycle.and_then(|c| c.fault.as_ref()) {
+        let arm = points::arm_path(&shared.drill_id, run);
+        points::await_fault(daemon, fault, &arm)?;
+        tally.faults += 1;
     } else {
         // Not synchronisation: the delay is the moment of the crash.
         std::thread::sleep(Duration::from_millis(
@@ -459,8 +495,8 @@ fn kill_cycle(
             ));
         }
         daemon.kill();
+        tally.kills += 1;
     }
-    tally.kills += 1;
     tally.daemon_exited(run as usize, daemon.stderr_lines());
     let all_down = {
         let deadline = Instant::now() + DOWN_WAIT;

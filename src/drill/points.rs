@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::daemon::Daemon;
-use crate::failpoints::{KillAt, ARM_ENV, KILL_ENV};
+use crate::failpoints::{FaultAt, KillAt, ARM_ENV, FAULT_ENV, KILL_ENV};
 use crate::wal::reader::Frames;
 use crate::wal::recovery::scan_dir;
 use crate::wal::segment::{is_temp_name, parse_lsn_name, parse_segment_name};
@@ -24,6 +24,10 @@ pub struct PointCycle {
     /// counted from the moment the load runs (start-up and the drill's
     /// checks pass first). `None`: a random-time SIGKILL, as in a plain drill.
     pub kill: Option<KillAt>,
+    /// Instead of a kill: the serving daemon's I/O call at this point
+    /// fails (EIO or ENOSPC), and the daemon must stop by itself
+    /// (fail-stop) without acknowledging the failed batch.
+    pub fault: Option<FaultAt>,
     /// Then the first restart SIGKILLs itself at this recovery point, at a
     /// hit drawn from those the directory makes possible (see
     /// [`recovery_hits`]). `None`: that restart is killed at a random moment.
@@ -39,6 +43,93 @@ pub struct PointCycle {
 /// The kills after which the log's last batch is known unacknowledged,
 /// so [`PointCycle::tear_tail`] may tear it.
 pub const TEARABLE_AFTER: [&str; 2] = ["wal::write::after", "wal::fdatasync::before"];
+
+/// The points placed before a WAL I/O call whose failure stops the writer
+/// (fail-stop), with the errors a `--storage-faults` drill injects there.
+/// Snapshot and collection steps are not here: their failure only fails
+/// that snapshot, and the daemon rightly goes on.
+pub const FAULT_POINTS: [(&str, &[&str]); 9] = [
+    ("wal::write::before", &["EIO", "ENOSPC"]),
+    ("wal::fdatasync::before", &["EIO"]),
+    ("segment::create::before", &["EIO", "ENOSPC"]),
+    ("segment::create_dir_fsync::before", &["EIO"]),
+    ("segment::preallocate::before", &["EIO", "ENOSPC"]),
+    ("segment::header_write::before", &["EIO", "ENOSPC"]),
+    ("segment::fsync::before", &["EIO"]),
+    ("segment::rename::before", &["EIO"]),
+    ("segment::dir_fsync::before", &["EIO"]),
+];
+
+/// The segment size a `--storage-faults` drill gives `wconfd` (unless told
+/// otherwise), so segment rolls, and their faults, come every few requests.
+pub const FAULT_SEGMENT_ARG: &str = "--segment-size=64KiB";
+
+/// A `--storage-faults` plan of `kills` cycles: every other one (the first
+/// included, so a `wconfd` without failpoints is refused at once) a fault
+/// at a random point, hit and error; the others random-time SIGKILLs.
+pub fn storage_fault_plan(rng: &mut impl rand::Rng, kills: usize) -> Vec<PointCycle> {
+    (0..kills)
+        .map(|i| PointCycle {
+            fault: (i % 2 == 0).then(|| {
+                let (point, errors) = FAULT_POINTS[rng.gen_range(0..FAULT_POINTS.len())];
+                let nth_max = if point.starts_with("wal::") { 20 } else { 2 };
+                FaultAt {
+                    at: KillAt {
+                        point: point.to_string(),
+                        nth: rng.gen_range(1..=nth_max),
+                    },
+                    error: errors[rng.gen_range(0..errors.len())].to_string(),
+                }
+            }),
+            ..PointCycle::default()
+        })
+        .collect()
+}
+
+/// The environment of a daemon that must fail at `fault` (armed by `arm`).
+pub fn fault_env(fault: &FaultAt, arm: &Path) -> Vec<(String, String)> {
+    vec![
+        (FAULT_ENV.to_string(), fault.env_value()),
+        (ARM_ENV.to_string(), arm.display().to_string()),
+    ]
+}
+
+/// Arms the serving daemon's fault and waits for it to stop by itself:
+/// an exit with an error code (fail-stop), not a signal, after the line
+/// that says the fault was injected.
+pub fn await_fault(daemon: &mut Daemon, fault: &FaultAt, arm: &Path) -> Result<(), String> {
+    std::fs::File::create(arm).map_err(|e| format!("arming {}: {e}", arm.display()))?;
+    let status = daemon.wait_exit(POINT_WAIT);
+    let _ = std::fs::remove_file(arm);
+    let what = format!("{} at {} hit {}", fault.error, fault.at.point, fault.at.nth);
+    let status = status.ok_or_else(|| {
+        format!(
+            "the fault {what} did not stop wconfd within {} s (never reached, or no fail-stop)",
+            POINT_WAIT.as_secs()
+        )
+    })?;
+    if status.success() || status.code().is_none() {
+        return Err(format!(
+            "wconfd ended ({status}) after the fault {what}; expected a fail-stop exit: {}",
+            daemon.stderr_lines().join("\n")
+        ));
+    }
+    reported(daemon, &fault.report_line())
+        .ok_or_else(|| format!("wconfd stopped ({status}) but never reported the fault {what}"))
+}
+
+/// Waits for `line` among the reaped daemon's stderr lines (the reader is
+/// a thread, so it may lag behind the death).
+fn reported(daemon: &Daemon, line: &str) -> Option<()> {
+    let deadline = Instant::now() + REPORT_WAIT;
+    while Instant::now() < deadline {
+        if daemon.stderr_lines().iter().any(|l| l == line) {
+            return Some(());
+        }
+        std::thread::sleep(POLL);
+    }
+    None
+}
 
 /// How long the serving daemon may take to reach its point under load.
 pub const POINT_WAIT: Duration = Duration::from_secs(30);
@@ -94,17 +185,8 @@ pub fn await_point_death(
             daemon.stderr_lines().join("\n")
         ));
     }
-    let line = kill.report_line();
-    let deadline = Instant::now() + REPORT_WAIT;
-    while Instant::now() < deadline {
-        if daemon.stderr_lines().contains(&line) {
-            return Ok(());
-        }
-        std::thread::sleep(POLL);
-    }
-    Err(format!(
-        "wconfd died by SIGKILL but never reported {what} (another death?)"
-    ))
+    reported(daemon, &kill.report_line())
+        .ok_or_else(|| format!("wconfd died by SIGKILL but never reported {what} (another death?)"))
 }
 
 fn names(dir: &Path) -> Result<Vec<String>, String> {

@@ -51,6 +51,9 @@ pub struct Report {
     pub violations: Vec<ViolationReport>,
     /// Why the drill stopped before its last kill, if it did.
     pub aborted: Option<String>,
+    /// Storage faults injected (`--storage-faults`), each followed by the
+    /// daemon's fail-stop and a restart.
+    pub storage_faults: usize,
     /// SIGKILLs at each named failpoint (a failpoint drill only).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub failpoint_kills: std::collections::BTreeMap<String, usize>,
@@ -94,6 +97,9 @@ fn reproduce(opts: &DrillOptions, seed: u64) -> String {
     );
     if opts.pause {
         cmd.push_str(" --pause");
+    }
+    if opts.storage_faults {
+        cmd.push_str(" --storage-faults");
     }
     for a in &opts.wconfd_args {
         let _ = write!(cmd, " --wconfd-arg={a}");
@@ -220,6 +226,7 @@ pub(super) fn build(
         violations,
         aborted: tally.aborted,
         failpoint_kills: tally.point_kills,
+        storage_faults: tally.faults,
     }
 }
 
@@ -275,6 +282,13 @@ impl Report {
         }
         if let Some(why) = &self.aborted {
             let _ = writeln!(out, "{:<width$} {why}", "aborted:");
+        }
+        if self.storage_faults > 0 {
+            let _ = writeln!(
+                out,
+                "{:<width$} {} injected (EIO/ENOSPC), each a fail-stop and a restart",
+                "storage faults:", self.storage_faults
+            );
         }
         if !self.failpoint_kills.is_empty() {
             let total: usize = self.failpoint_kills.values().sum();

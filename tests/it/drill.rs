@@ -124,6 +124,18 @@ fn a_data_dir_that_no_drill_made_is_refused_unless_forced() {
     assert_eq!(names.len(), 1, "the drill wrote into the refused directory");
 }
 
+#[cfg(not(feature = "failpoints"))]
+#[test]
+fn storage_faults_are_refused_by_a_wconfd_without_failpoints() {
+    // Invariant: `--storage-faults` against a wconfd built without the
+    // failpoints feature stops at once with a usage error (exit 2) that
+    // says why, instead of drilling without faults.
+    let out = drill(&["--storage-faults", "--kills", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features failpoints"), "{err}");
+}
+
 #[test]
 fn random_time_sigkills_under_eight_clients_lose_nothing() {
     // Invariant (issue 6, section 4): at least 500 random-time SIGKILLs of

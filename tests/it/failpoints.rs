@@ -152,6 +152,7 @@ fn drill_at_points(seed: u64, cycles: Vec<PointCycle>) -> drill::Report {
         kill_delay_max_ms: 20,
         wconfd_args: WCONFD_ARGS.iter().map(|a| a.to_string()).collect(),
         point_cycles: cycles,
+        storage_faults: false,
     };
     let started = std::time::Instant::now();
     let report = drill::run(&opts).expect("the drill runs");
@@ -228,4 +229,29 @@ fn sigkills_at_every_collection_point_lose_nothing_acknowledged() {
     // reached.
     let cycles = plan(64, serving(Stage::Snapshot, |n| n.contains("gc_")), &[]);
     drill_at_points(64, cycles);
+}
+
+#[test]
+fn storage_faults_stop_the_daemon_and_lose_nothing_acknowledged() {
+    // Invariant (issue 6, section 1 `--storage-faults`): an EIO or ENOSPC
+    // injected at a write, sync or segment-roll step makes wconfd stop by
+    // itself with an error exit (fail-stop, checked by the drill for each
+    // fault), and after the restart every invariant holds, so nothing in
+    // the failed batch was acknowledged.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wconfctl"))
+        .args(["--json", "drill", "--storage-faults", "--kills", "12"])
+        .args(["--clients", "4", "--seed", "66"])
+        .output()
+        .expect("run wconfctl drill");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(report["passed"], serde_json::json!(true), "{text}");
+    assert_eq!(report["storage_faults"], serde_json::json!(6), "{text}");
+    assert_eq!(report["kills"], serde_json::json!(6), "{text}");
 }
