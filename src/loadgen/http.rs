@@ -106,6 +106,10 @@ pub struct Reply {
 /// while a request is in flight, which is all an HTTP/1.1 client needs.
 type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
 
+/// How long an exchange may still take once its connection has ended: what
+/// the daemon sent before closing is already buffered.
+const DRIVER_ENDED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where the daemon is and how to talk to it; cloned into every connection.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -206,6 +210,20 @@ impl Conn {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| OpError::unexpected(format!("request {path}: {e}")))?;
+        // The driver is polled only while a request is in flight, so a
+        // connection the daemon closed while it sat idle (its keep-alive
+        // timeout, 5 s: the observer's and the set-up connection's case)
+        // looks open until polled. Poll it once: a closed one ends at once.
+        if let Some((_, driver)) = self.open.as_mut() {
+            let ended = tokio::select! {
+                biased;
+                _ = driver => true,
+                _ = std::future::ready(()) => false,
+            };
+            if ended {
+                self.open = None;
+            }
+        }
         if self.open.as_ref().is_none_or(|(s, _)| s.is_closed()) {
             self.connect().await?;
         }
@@ -241,7 +259,17 @@ impl Conn {
                 // The connection ended (the daemon may close it after an error
                 // answer): what it delivered before is buffered, so the exchange
                 // still completes, with the answer or with the reason it has none.
-                _ = driver => (exchange.await, true),
+                // Bounded: had the connection ended before the request
+                // went out, the exchange would wait for a driver nobody
+                // polls any more.
+                _ = driver => {
+                    let answer = tokio::time::timeout(DRIVER_ENDED_GRACE, exchange)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(OpError::connection("connection", "closed before the answer"))
+                        });
+                    (answer, true)
+                }
             }
         };
         if ended {

@@ -218,3 +218,26 @@ fn padding_and_snapshots_during_a_run_are_made_and_reported() {
         .count();
     assert!(snaps >= 1, "no snapshot file in {}", data.display());
 }
+
+#[test]
+fn a_run_longer_than_the_daemons_keep_alive_timeout_completes() {
+    // Invariant: the set-up and observer connections sit idle for the
+    // whole measured window, longer than the daemon's keep-alive timeout
+    // (5 s), which closes them; the run still completes (it once waited
+    // forever on the closed connection) and its daemon figures, scraped
+    // at the window's end, are there.
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&dir.path().join("data"), &[]);
+    let addr = d.base.trim_start_matches("http://").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_wconf-bench"))
+        .args(["--addr", &addr, "--workload", "txn", "--json"])
+        .args(["--connections", "1", "--duration", "5.5", "--warmup", "0.1"])
+        .env_remove("WCONF_TOKEN_FILE")
+        .output()
+        .expect("run wconf-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let r: Report = serde_json::from_str(&stdout).unwrap();
+    assert!(r.daemon.available, "{:?}", r.daemon);
+    assert_eq!(r.errors.total, 0, "{:?}", r.errors);
+}
