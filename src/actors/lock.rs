@@ -34,7 +34,7 @@ use crate::state::{
     CloseReason, GrantPass, LockMode, LockRequest, Outcome, Record, Requester, SessionId, State,
     StateError, Waiter, WaiterId, CONFIG_LOCK,
 };
-use crate::wal::{Appended, Wal, WalError};
+use crate::wal::{Appended, OnDurable, Wal, WalError};
 
 /// The longest a request may wait for locks or for the config lock.
 pub const WAIT_MS_MAX: u64 = 3_600_000;
@@ -337,7 +337,7 @@ impl LockActor {
                 .wal
                 .append_all(frames)
                 .unwrap_or_else(|e| fail_stop(&e));
-            answer_when_durable(first_lsn, count, appended, answers);
+            answer_when_durable(&self.wal, first_lsn, count, appended, answers);
             return;
         }
         // No room for every record, which are all applied already and must
@@ -361,7 +361,7 @@ impl LockActor {
         ctx.wait(send.into_actor(self).map(move |sent, act, _ctx| {
             act.appending_via_actor = false;
             let appended = sent.unwrap_or_else(|e| fail_stop(&e));
-            answer_when_durable(first_lsn, count, appended, answers);
+            answer_when_durable(&act.wal, first_lsn, count, appended, answers);
         }));
     }
 
@@ -686,9 +686,17 @@ impl LockActor {
 }
 
 /// Checks that the log gave the records the LSNs they were applied at, then
-/// sends the step's answers once the last of them is durable. A failed
-/// append stops the daemon before anything is answered (G7).
-fn answer_when_durable(first_lsn: u64, count: u64, appended: Vec<Appended>, answers: Vec<Answer>) {
+/// sends the step's answers once the last of them is durable. The writer
+/// thread sends them right after its sync (`Wal::on_durable`), so an answer
+/// costs no hop through this actor's thread. A failed append stops the
+/// daemon before anything is answered (G7).
+fn answer_when_durable(
+    wal: &Wal,
+    first_lsn: u64,
+    count: u64,
+    appended: Vec<Appended>,
+    answers: Vec<Answer>,
+) {
     let lsns: Vec<u64> = appended.iter().map(|a| a.lsn()).collect();
     let expected: Vec<u64> = (first_lsn..first_lsn + count).collect();
     if lsns != expected {
@@ -696,14 +704,27 @@ fn answer_when_durable(first_lsn: u64, count: u64, appended: Vec<Appended>, answ
             "the log assigned LSNs {lsns:?} to records applied at {expected:?}"
         ));
     }
-    actix::spawn(async move {
-        for a in appended {
-            if let Err(e) = a.await {
-                fail_stop(&e);
-            }
+    // The writer stops on the first failed commit, so the last record is
+    // durable only if every one before it is.
+    let last_lsn = first_lsn + count - 1;
+    // Fail-stop runs on this actor's arbiter, not on the writer thread: a
+    // test build halts the thread that calls it, and the writer must still
+    // finish failing the rest of its waiters. The answers go with it and
+    // are never dropped: a dropped reply channel would make the HTTP layer
+    // answer before the process is gone, for records a restart may still
+    // find in the page cache.
+    let arbiter = actix::Arbiter::current();
+    let then: OnDurable = Box::new(move |durable| match durable {
+        Ok(_) => answers.into_iter().for_each(|a| a(Ok(()))),
+        Err(e) => {
+            arbiter.spawn(async move {
+                let _unanswered = answers;
+                fail_stop(&e)
+            });
         }
-        answers.into_iter().for_each(|a| a(Ok(())));
     });
+    wal.on_durable(last_lsn, then)
+        .unwrap_or_else(|e| fail_stop(&e));
 }
 
 fn granted(outcome: Option<Outcome>) -> AcquireResponse {

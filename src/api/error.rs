@@ -93,6 +93,13 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(503, "unavailable", message)
     }
+
+    /// The request reached the sequencer but its answer never came back:
+    /// it may or may not have been carried out (and may still be recovered
+    /// after a restart). Unlike every other error, this is not a refusal.
+    pub fn outcome_unknown(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, "outcome_unknown", message)
+    }
 }
 
 impl fmt::Display for ApiError {

@@ -45,8 +45,12 @@ where
         SendError::Full(_) => ApiError::busy("the request queue"),
         SendError::Closed(_) => ApiError::unavailable("the daemon is stopping"),
     })?;
-    rx.await
-        .map_err(|_| ApiError::unavailable("the daemon stopped before answering"))?
+    rx.await.map_err(|_| {
+        ApiError::outcome_unknown(
+            "the daemon stopped before answering; the request may or may not have been \
+             carried out: retry it with the same request_id",
+        )
+    })?
 }
 
 fn session_id(text: &str) -> Result<SessionId, ApiError> {

@@ -200,6 +200,17 @@ impl<'a> Job<'a> {
                 self.shared.end(op, body(&v));
                 (op, Done::Ok(v))
             }
+            // Not a refusal: the daemon lost the answer, not the request.
+            Err(e @ ClientError::Api { .. }) if matches!(&e, ClientError::Api { code, .. } if code == "outcome_unknown") =>
+            {
+                self.shared.end(
+                    op,
+                    Outcome::Unknown {
+                        error: e.to_string(),
+                    },
+                );
+                (op, Done::Down)
+            }
             Err(ClientError::Api { status, code, .. }) => {
                 self.shared.end(
                     op,

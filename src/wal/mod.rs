@@ -35,7 +35,7 @@ pub use recovery::{Recovered, RecoveryMode, RecoveryReport, Truncation};
 pub use telemetry::{
     BucketCounts, TelemetrySnapshot, BYTES_PER_SYNC_BOUNDS, RECORDS_PER_SYNC_BOUNDS, SYNC_US_BOUNDS,
 };
-pub use writer::{Appended, DurableWait, Wal};
+pub use writer::{Appended, DurableWait, OnDurable, Wal};
 
 /// The largest `batch_bytes_max` accepted. It keeps a batch's record count,
 /// which frames carry as a u32 `batch_index`, far below `u32::MAX`.

@@ -637,6 +637,47 @@ fn wait_durable_resolves_only_after_the_covering_sync() {
 }
 
 #[test]
+fn on_durable_calls_only_after_the_covering_sync() {
+    // Invariant: `on_durable(lsn)` runs its call only once `durable_lsn >=
+    // lsn`, at once for an LSN already durable, with the poisoning error if
+    // the writer fails first, and refuses an LSN not appended yet.
+    let call = |tx: std::sync::mpsc::Sender<Result<u64, WalError>>| -> crate::wal::OnDurable {
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        })
+    };
+    let mem = MemStorage::new();
+    let (wal, _) = mem_open(&mem, WalOptions::default()).unwrap();
+    wal.append(1, b"a".to_vec()).unwrap().wait().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    wal.on_durable(1, call(tx.clone())).unwrap();
+    assert_eq!(rx.try_recv().unwrap().unwrap(), 1, "not called at once");
+
+    assert!(matches!(
+        wal.on_durable(2, call(tx.clone())),
+        Err(WalError::InvalidOptions(_))
+    ));
+    let pause = mem.pause_syncs();
+    let pending = wal.append(1, b"b".to_vec()).unwrap();
+    mem.wait_for_paused_syncs(1);
+    wal.on_durable(2, call(tx.clone())).unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "called while the covering sync is paused"
+    );
+    assert_eq!(wal.durable_lsn(), 1);
+    drop(pause);
+    assert_eq!(pending.wait().unwrap(), 2);
+    assert_eq!(rx.recv().unwrap().unwrap(), 2);
+
+    mem.inject(Fault::SyncIo, 0);
+    let failing = wal.append(1, b"c".to_vec()).unwrap();
+    wal.on_durable(3, call(tx.clone())).unwrap();
+    assert!(failing.wait().is_err());
+    assert!(matches!(rx.recv().unwrap(), Err(WalError::Poisoned { .. })));
+}
+
+#[test]
 fn wait_durable_fails_when_the_log_closes_first() {
     // Invariant: a wait for an LSN that will never be written ends with
     // `Closed` when the log closes, instead of hanging.

@@ -63,8 +63,16 @@ struct Shared {
     durable_waiters: Mutex<DurableWaiters>,
 }
 
+/// What [`Wal::on_durable`] calls: with the durable LSN, or the error that
+/// stopped the writer.
+pub type OnDurable = Box<dyn FnOnce(Result<u64, WalError>) + Send>;
+
 struct DurableWaiters {
+    /// `wait_durable`'s waits, at most `durable_waiters_max`.
     list: Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>,
+    /// `on_durable`'s calls: each for an LSN already appended, so there are
+    /// never more than the records queued or in the batch being written.
+    calls: Vec<(u64, OnDurable)>,
     /// Set once the writer has stopped; later waits fail at once with it.
     stopped: Option<WalError>,
 }
@@ -95,6 +103,20 @@ impl Shared {
                 i += 1;
             }
         }
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < w.calls.len() {
+            if w.calls[i].0 <= durable {
+                due.push(w.calls.swap_remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        // Outside the lock: a call may take it again (to wait or register).
+        drop(w);
+        for call in due {
+            call(Ok(durable));
+        }
     }
 
     /// Fails every waiter, now and later, with the error that stopped the
@@ -104,6 +126,11 @@ impl Shared {
         w.stopped = Some(err.clone());
         for (_, tx) in w.list.drain(..) {
             let _ = tx.send(Err(err.clone()));
+        }
+        let calls: Vec<(u64, OnDurable)> = w.calls.drain(..).collect();
+        drop(w);
+        for (_, call) in calls {
+            call(Err(err.clone()));
         }
     }
 }
@@ -288,6 +315,7 @@ impl Wal {
             telemetry: Mutex::new(Telemetry::new()),
             durable_waiters: Mutex::new(DurableWaiters {
                 list: Vec::new(),
+                calls: Vec::new(),
                 stopped: None,
             }),
         });
@@ -437,6 +465,39 @@ impl Wal {
         DurableWait {
             state: DurableWaitState::Waiting(rx),
         }
+    }
+
+    /// Calls `then` once every record up to `lsn` is durable: on the writer
+    /// thread right after the commit that covers it, or at once on this
+    /// thread if it already is. A waiter answered this way is woken by the
+    /// writer itself, with no thread between the sync and the answer. `then`
+    /// must be quick (it delays the writer's next batch) and must not block.
+    /// If the writer stops first, `then` gets its error. `lsn` must already
+    /// be appended (`InvalidOptions` otherwise, and `then` is dropped), which
+    /// bounds the pending calls by the queue's bounds.
+    pub fn on_durable(&self, lsn: u64, then: OnDurable) -> Result<(), WalError> {
+        if lsn >= self.next_lsn() {
+            return Err(WalError::InvalidOptions(format!(
+                "on_durable({lsn}) for an LSN not appended yet"
+            )));
+        }
+        let mut w = self.shared.durable_waiters();
+        // Checked under the waiter lock, as in `wait_durable`: either this
+        // sees the writer's new LSN or the writer sees this call.
+        let durable = self.durable_lsn();
+        if durable >= lsn {
+            drop(w);
+            then(Ok(durable));
+            return Ok(());
+        }
+        if let Some(e) = &w.stopped {
+            let e = e.clone();
+            drop(w);
+            then(Err(e));
+            return Ok(());
+        }
+        w.calls.push((lsn, then));
+        Ok(())
     }
 
     /// The LSN the next append will get.
