@@ -14,8 +14,9 @@
 #   WCONF_PROFILE_OUT          output directory (default benches/results/profile)
 #   WCONF_PROFILE_PORT         the daemon's port on 127.0.0.1 (default 7383)
 # Output: <out>/<workload>-<connections>.svg (the flame graph),
-#         <out>/<workload>-<connections>.txt (the top symbols by self time,
-#         and the wconf-bench report of the profiled run).
+#         <out>/<workload>-<connections>.txt (the wconf-bench report of the
+#         profiled run, the samples per daemon thread, and the top symbols
+#         by self time).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -83,6 +84,10 @@ perf script -i "$out/$name.perf.data" 2>/dev/null |
     echo "wconfd under wconf-bench $workload, $connections connections, $(git rev-parse --short HEAD), nproc $(nproc)"
     echo
     cat "$out/$name.report"
+    echo
+    echo "Samples by thread:"
+    perf report -i "$out/$name.perf.data" --no-children --sort comm --stdio -g none 2>/dev/null |
+        grep '%' | grep -v '^#' | sed -n 1,12p | cut -c1-100
     echo
     echo "Top symbols by self time:"
     perf report -i "$out/$name.perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
