@@ -15,7 +15,7 @@ use actix_web::{web, App, HttpServer};
 use nix::sys::stat::{umask, Mode};
 use tokio::sync::oneshot;
 
-use crate::actors::config::ConfigActor;
+use crate::actors::config::{ConfigActor, ConfigReader};
 use crate::actors::lock::{LockActor, Shutdown, SnapshotPolicy, TakeSnapshot};
 use crate::actors::mailbox::Mailbox;
 use crate::actors::wal::WalActor;
@@ -684,6 +684,7 @@ async fn serve_recovered(
             WalActor::new(wal_for_actor)
         });
         let (config_tx, config_rx) = tokio::sync::watch::channel(state.config().clone());
+        let config_reader = ConfigReader::new(config_rx.clone(), wal.clone());
         let config = ConfigActor::new(config_rx, config_lsn, wal.clone()).start();
         let snapshot_writer = SnapshotWriter::start(wal.clone())
             .map_err(|e| StartError::new(exit::START, format!("start the snapshot writer: {e}")))?;
@@ -700,6 +701,7 @@ async fn serve_recovered(
         let handles = Handles {
             lock: Mailbox::new(lock.clone(), metrics.mailbox(MailboxOf::Lock)),
             config: Mailbox::new(config, metrics.mailbox(MailboxOf::Config)),
+            config_reader,
             wal_dir: wal.dir().to_path_buf(),
         };
         let body_bytes_max = opts.body_bytes_max;

@@ -13,7 +13,7 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::sync::oneshot;
 
-use crate::actors::config::{ConfigActor, GetConfig};
+use crate::actors::config::{ConfigActor, ConfigReader, GetConfig};
 use crate::actors::lock::{self, LockActor};
 use crate::actors::mailbox::{Counted, Mailbox};
 use crate::actors::Reply;
@@ -30,6 +30,8 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 16 << 20;
 pub struct Handles {
     pub lock: Mailbox<LockActor>,
     pub config: Mailbox<ConfigActor>,
+    /// Small config reads, served on the HTTP worker.
+    pub config_reader: ConfigReader,
     pub wal_dir: std::path::PathBuf,
 }
 
@@ -92,22 +94,25 @@ pub fn json_config(body_bytes_max: usize) -> web::JsonConfig {
         })
 }
 
-/// Routes of API v1.
+/// Routes of API v1. The router tries them in this order, and a pattern
+/// with a parameter is a regex match, so the hot routes come first and the
+/// config reads' pattern is the only regex most requests meet. A static
+/// route stays before a pattern that also matches its path.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics::scrape))
-        .route("/v1/status", web::get().to(status))
+    cfg.route("/v1/config/txn", web::post().to(txn))
+        .route("/v1/config/write", web::post().to(write))
+        .route("/v1/locks/acquire", web::post().to(acquire))
+        .route("/v1/locks/release", web::post().to(release))
+        .route("/v1/config/{path:.*}", web::get().to(get_config_path))
+        .route("/v1/config", web::get().to(get_config))
+        .route("/v1/locks", web::get().to(get_locks))
         .route("/v1/sessions", web::post().to(create_session))
         .route("/v1/sessions", web::get().to(list_sessions))
         .route("/v1/sessions/{id}/keepalive", web::post().to(keepalive))
         .route("/v1/sessions/{id}", web::delete().to(close_session))
-        .route("/v1/locks/acquire", web::post().to(acquire))
-        .route("/v1/locks/release", web::post().to(release))
-        .route("/v1/locks", web::get().to(get_locks))
-        .route("/v1/config", web::get().to(get_config))
-        .route("/v1/config/write", web::post().to(write))
-        .route("/v1/config/txn", web::post().to(txn))
-        .route("/v1/config/{path:.*}", web::get().to(get_config_path))
+        .route("/v1/status", web::get().to(status))
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics::scrape))
         .route("/v1/admin/snapshot", web::post().to(admin_snapshot));
 }
 
@@ -285,7 +290,13 @@ async fn get_config_path(
     h: web::Data<Handles>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    read_config(&h, Some(format!("/{}", path.into_inner()))).await
+    let pointer = format!("/{}", path.into_inner());
+    if let Some(body) = h.config_reader.read_small(&pointer).await {
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body?));
+    }
+    read_config(&h, Some(pointer)).await
 }
 
 /// Patches travel as JSON text in the record; the state layer parses and

@@ -325,7 +325,9 @@ fn g1_g2_every_acknowledged_change_survives_power_loss_at_that_instant() {
 #[test]
 fn g4_reads_never_show_a_change_whose_sync_is_held() {
     // Invariant G4: while the sync of a write-with-release is held, reads
-    // of the config (whole or one value) and of the lock table answer either
+    // of the config (whole, one small value read on the HTTP worker, one
+    // value too big for that and encoded by the config actor) and of the
+    // lock table answer either
     // with the state before the change or not until the sync is done; and
     // (G1) the change itself is not answered before its sync.
     let mem = MemStorage::new();
@@ -334,6 +336,23 @@ fn g4_reads_never_show_a_change_whose_sync_is_held() {
     let a = c.create_session(Some("a"), 600_000).unwrap().session;
     c.acquire(&acquire(&a, CONFIG_LOCK, Mode::Exclusive, "acq".into()))
         .unwrap();
+    // Over the inline-read limit, in records under the test's record limit.
+    let chunk = "x".repeat(24 * 1024);
+    let chunks = wconf::actors::config::INLINE_READ_BYTES_MAX / chunk.len() + 1;
+    for i in 0..chunks {
+        let add = if i == 0 {
+            json!([{"op": "add", "path": "/g4big", "value": {"v": 1, "pad": [chunk]}}])
+        } else {
+            json!([{"op": "add", "path": "/g4big/pad/-", "value": chunk}])
+        };
+        c.write(&WriteRequest {
+            session: a.clone(),
+            patch: add,
+            release: false,
+            request_id: None,
+        })
+        .unwrap();
+    }
     let first = c
         .write(&WriteRequest {
             session: a.clone(),
@@ -351,7 +370,10 @@ fn g4_reads_never_show_a_change_whose_sync_is_held() {
         std::thread::spawn(move || {
             let w = c.write(&WriteRequest {
                 session: a,
-                patch: json!([{"op": "replace", "path": "/g4", "value": 2}]),
+                patch: json!([
+                    {"op": "replace", "path": "/g4", "value": 2},
+                    {"op": "replace", "path": "/g4big/v", "value": 2},
+                ]),
                 release: true,
                 request_id: None,
             });
@@ -361,12 +383,15 @@ fn g4_reads_never_show_a_change_whose_sync_is_held() {
     // The write is applied in memory and written, and its sync is held.
     mem.wait_for_paused_syncs(1);
     let (read_tx, reads) = mpsc::channel();
-    for what in ["value", "whole", "locks"] {
+    for what in ["value", "big", "whole", "locks"] {
         let c = Client::new(base.clone());
         let read_tx = read_tx.clone();
         std::thread::spawn(move || {
             let shown = match what {
                 "value" => c.config_value("/g4").map(|v| (v.serial, v.value)),
+                "big" => c
+                    .config_value("/g4big")
+                    .map(|v| (v.serial, v.value["v"].clone())),
                 "whole" => c.config().map(|v| (v.serial, v.config["g4"].clone())),
                 _ => c.locks().map(|l| {
                     let held = l.holders.iter().any(|h| h.name == CONFIG_LOCK);
@@ -393,7 +418,7 @@ fn g4_reads_never_show_a_change_whose_sync_is_held() {
                 "{what} read shows a change whose sync is held"
             ),
         }
-        if answered == 3 {
+        if answered == 4 {
             break;
         }
     }
@@ -404,11 +429,12 @@ fn g4_reads_never_show_a_change_whose_sync_is_held() {
     drop(pause);
     let w = changed.recv().unwrap().expect("the write, once synced");
     assert!(w.applied, "{w:?}");
-    for _ in answered..3 {
+    for _ in answered..4 {
         let (what, shown) = reads.recv().unwrap();
         shown.unwrap_or_else(|e| panic!("{what} read failed after the sync: {e}"));
     }
     assert_eq!(c.config_value("/g4").unwrap().value, json!(2));
+    assert_eq!(c.config_value("/g4big").unwrap().value["v"], json!(2));
     assert!(server.fail_stopped().is_none());
     server.stop().unwrap();
 }
