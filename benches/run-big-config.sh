@@ -7,6 +7,9 @@
 #      document under /pad: the baseline p99, no snapshot;
 #   2. the same with --snapshot-every 0.2, so a snapshot of the whole
 #      document is being written for most of the window;
+# The daemon's own snapshot policy is off (thresholds far beyond the run),
+# so the baseline runs have no snapshot at all: at the defaults it would
+# take one every 100,000 records, every few seconds at these rates.
 #   3. the same as 1 again, so drift (page cache, log growth) shows.
 # After each it reads the daemon's VmRSS and VmHWM from /proc and the size
 # of the document's JSON (GET /v1/config), and prints one summary line per
@@ -20,6 +23,9 @@
 #   WCONF_BIG_DATA_DIR      data directory, emptied first (default
 #                           target/tmp/wconf-big; a real disk, not tmpfs)
 #   WCONF_BIG_PORT          port on 127.0.0.1 (default 7381)
+#   WCONF_BIG_DAEMON_ARGS   wconfd flags (default: the snapshot policy off,
+#                           "--snapshot-every-records=1000000000000
+#                           --snapshot-every-bytes=1024GiB")
 #   WCONF_BIG_OUT           where the JSON reports go (default target/tmp/wconf-big-reports)
 # Take numbers for the record only on an otherwise idle machine.
 set -euo pipefail
@@ -28,6 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mb=${WCONF_BIG_MB:-100}
 duration_s=${WCONF_BIG_DURATION_S:-10}
 connections=${WCONF_BIG_CONNECTIONS:-64}
+daemon_args=${WCONF_BIG_DAEMON_ARGS:---snapshot-every-records=1000000000000 --snapshot-every-bytes=1024GiB}
 port=${WCONF_BIG_PORT:-7381}
 addr=127.0.0.1:$port
 
@@ -42,7 +49,8 @@ mkdir -p "$(dirname "$data")" "$out"
 echo "machine: nproc $(nproc), load average $(cut -d' ' -f1-3 /proc/loadavg), $(git rev-parse --short HEAD)"
 
 : >"$data.log"
-"$bin/wconfd" --data-dir "$data" --listen "$addr" >"$data.log" 2>&1 &
+# shellcheck disable=SC2086 # $daemon_args is a list of flags
+"$bin/wconfd" --data-dir "$data" --listen "$addr" $daemon_args >"$data.log" 2>&1 &
 daemon_pid=$!
 trap 'kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
