@@ -7,13 +7,14 @@
 #      document under /pad: the baseline p99, no snapshot;
 #   2. the same with --snapshot-every 0.2, so a snapshot of the whole
 #      document is being written for most of the window;
-# The daemon's own snapshot policy is off (thresholds far beyond the run),
-# so the baseline runs have no snapshot at all: at the defaults it would
+# The daemon's own snapshot policy is off (both triggers 0), so the
+# baseline runs have no snapshot at all: at the defaults it would
 # take one every 100,000 records, every few seconds at these rates.
 #   3. the same as 1 again, so drift (page cache, log growth) shows.
-# After each it reads the daemon's VmRSS and VmHWM from /proc and the size
-# of the document's JSON (GET /v1/config), and prints one summary line per
-# target with pass or fail.
+# After each it reads the daemon's VmRSS and VmHWM (reset before each run
+# through /proc/PID/clear_refs) from /proc and the size of the document's
+# JSON (GET /v1/config), and prints one summary line per target with pass
+# or fail.
 #
 # Usage: benches/run-big-config.sh
 # Environment:
@@ -24,8 +25,7 @@
 #                           target/tmp/wconf-big; a real disk, not tmpfs)
 #   WCONF_BIG_PORT          port on 127.0.0.1 (default 7381)
 #   WCONF_BIG_DAEMON_ARGS   wconfd flags (default: the snapshot policy off,
-#                           "--snapshot-every-records=1000000000000
-#                           --snapshot-every-bytes=1024GiB")
+#                           "--snapshot-every-records=0 --snapshot-every-bytes=0")
 #   WCONF_BIG_OUT           where the JSON reports go (default target/tmp/wconf-big-reports)
 # Take numbers for the record only on an otherwise idle machine.
 set -euo pipefail
@@ -34,7 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mb=${WCONF_BIG_MB:-100}
 duration_s=${WCONF_BIG_DURATION_S:-10}
 connections=${WCONF_BIG_CONNECTIONS:-64}
-daemon_args=${WCONF_BIG_DAEMON_ARGS:---snapshot-every-records=1000000000000 --snapshot-every-bytes=1024GiB}
+daemon_args=${WCONF_BIG_DAEMON_ARGS:---snapshot-every-records=0 --snapshot-every-bytes=0}
 port=${WCONF_BIG_PORT:-7381}
 addr=127.0.0.1:$port
 
@@ -63,6 +63,9 @@ grep -q '^wconfd ready' "$data.log" || { echo "wconfd did not start" >&2; exit 1
 run() { # name, more flags
     local name=$1
     shift
+    # Resets VmHWM, so each run's peak is its own (not the previous run's
+    # whole-document read below).
+    echo 5 >"/proc/$daemon_pid/clear_refs"
     "$bin/wconf-bench" --addr "$addr" --workload txn --connections "$connections" \
         --duration "$duration_s" --warmup 2 --daemon-pid "$daemon_pid" --json "$@" >"$out/$name.json"
     grep -E '^(VmRSS|VmHWM)' "/proc/$daemon_pid/status" | tr -s ' ' >"$out/$name.mem"

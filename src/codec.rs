@@ -59,6 +59,17 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encodes into `out` as the encoding goes, without holding the whole
+/// result (snapshot bodies of hundreds of MB); the same bytes as `encode`.
+/// Returns the number of bytes written.
+pub fn encode_to_write<T: Serialize, W: std::io::Write>(
+    value: &T,
+    out: &mut W,
+) -> Result<usize, CodecError> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Decodes a whole payload; trailing bytes are an error, not ignored.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())

@@ -264,7 +264,11 @@ struct ConfigRepr {
 
 impl Serialize for ConfigState {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let doc_json = serde_json::to_string(&self.doc).map_err(serde::ser::Error::custom)?;
+        // Sized exactly from the tree's cached length: grown by doubling, a
+        // 100 MB document's text took up to 192 MB at once.
+        let mut text = Vec::with_capacity(self.doc.encoded_len());
+        serde_json::to_writer(&mut text, &self.doc).map_err(serde::ser::Error::custom)?;
+        let doc_json = String::from_utf8(text).map_err(serde::ser::Error::custom)?;
         ConfigRepr {
             doc_json,
             serial: self.serial,
