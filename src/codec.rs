@@ -70,6 +70,49 @@ pub fn encode_to_write<T: Serialize, W: std::io::Write>(
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Writes the encoding of a string of `len` bytes whose text `write_text`
+/// writes to `out`: the same bytes as `encode_to_write` of that `String`,
+/// without the text ever being whole in memory (a snapshot's 100 MB config
+/// document streams from its tree). Fails if `write_text` wrote other than
+/// `len` bytes; what it wrote is then not a valid encoding. Returns the
+/// number of bytes written.
+pub fn encode_str_to_write<W: std::io::Write>(
+    len: usize,
+    write_text: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    out: &mut W,
+) -> Result<usize, CodecError> {
+    // A string is its length as a u64, in the configured integer encoding,
+    // then its bytes (`str_streams_as_its_encoding` checks this).
+    let prefix = encode_to_write(&(len as u64), out)?;
+    let mut counted = Counted { out, len: 0 };
+    write_text(&mut counted).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if counted.len != len {
+        return Err(CodecError::Encode(format!(
+            "a string announced as {len} bytes wrote {}",
+            counted.len
+        )));
+    }
+    Ok(prefix + len)
+}
+
+/// Passes writes through and counts them.
+struct Counted<'a, W> {
+    out: &'a mut W,
+    len: usize,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.len += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Decodes a whole payload; trailing bytes are an error, not ignored.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
@@ -118,6 +161,25 @@ mod tests {
             decode::<Sample>(&bytes),
             Err(CodecError::TrailingBytes { .. })
         ));
+    }
+
+    #[test]
+    fn str_streams_as_its_encoding() {
+        // Invariant: a streamed string is byte for byte the encoding of the
+        // same `String`, on both sides of each varint width; a text of the
+        // wrong length is an error.
+        for len in [0, 1, 250, 251, 65_535, 65_536, 70_000] {
+            let text: String = "abcdefg".chars().cycle().take(len).collect();
+            let mut out = vec![];
+            let n = encode_str_to_write(len, |w| w.write_all(text.as_bytes()), &mut out).unwrap();
+            assert_eq!(out, encode(&text).unwrap(), "len {len}");
+            assert_eq!(n, out.len());
+        }
+        let e = encode_str_to_write(3, |w| w.write_all(b"ab"), &mut vec![]).unwrap_err();
+        assert!(
+            e.to_string().contains("announced as 3 bytes wrote 2"),
+            "{e}"
+        );
     }
 
     #[test]

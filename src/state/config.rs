@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::doc::{self, Node};
 use super::StateError;
+use crate::codec::{self, CodecError};
 
 /// The most ops in one patch.
 pub const PATCH_OPS_MAX: usize = 10_000;
@@ -275,6 +276,23 @@ impl Serialize for ConfigState {
             lsn: self.lsn,
         }
         .serialize(serializer)
+    }
+}
+
+impl ConfigState {
+    /// Writes the codec's encoding of this state (the same bytes as
+    /// `codec::encode_to_write(self, ..)`), streaming the document's text
+    /// from the tree instead of building it: a snapshot of a 100 MB config
+    /// no longer holds a second, textual copy of it. Returns the bytes
+    /// written.
+    pub fn encode_to_write<W: std::io::Write>(&self, out: &mut W) -> Result<usize, CodecError> {
+        let text = codec::encode_str_to_write(
+            self.doc.encoded_len(),
+            |w| serde_json::to_writer(w, &self.doc).map_err(std::io::Error::other),
+            out,
+        )?;
+        // The fields after `doc_json`, in `ConfigRepr`'s order.
+        Ok(text + codec::encode_to_write(&(self.serial, self.lsn), out)?)
     }
 }
 

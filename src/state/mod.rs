@@ -935,10 +935,57 @@ impl State {
     /// (every map is ordered and the config text is canonical), so tests and
     /// operators can compare a replayed state with a live one cheaply.
     pub fn digest(&self) -> Result<u64, crate::codec::CodecError> {
-        let bytes = crate::codec::encode(self)?;
-        Ok(bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        }))
+        let mut hash = Fnv1a(0xcbf2_9ce4_8422_2325);
+        self.encode_to_write(&mut hash)?;
+        Ok(hash.0)
+    }
+
+    /// Writes the codec's encoding of this state, a snapshot's body: the
+    /// same bytes as `codec::encode_to_write(self, ..)`, but the config
+    /// document's text streams from its tree, so writing the snapshot of a
+    /// 100 MB config holds no textual copy of it. Returns the bytes written.
+    pub fn encode_to_write<W: std::io::Write>(
+        &self,
+        out: &mut W,
+    ) -> Result<usize, crate::codec::CodecError> {
+        /// The fields after `config`, in the derived encoding's order.
+        #[derive(Serialize)]
+        struct Rest<'a> {
+            locks: &'a LockTable,
+            sessions: &'a Sessions,
+            dedup: &'a Dedup,
+            epoch: u64,
+            epoch_started_unix_ms: u64,
+            next_token: u64,
+            applied_lsn: u64,
+        }
+        let config = self.config.encode_to_write(out)?;
+        let rest = Rest {
+            locks: &self.locks,
+            sessions: &self.sessions,
+            dedup: &self.dedup,
+            epoch: self.epoch,
+            epoch_started_unix_ms: self.epoch_started_unix_ms,
+            next_token: self.next_token,
+            applied_lsn: self.applied_lsn,
+        };
+        Ok(config + crate::codec::encode_to_write(&rest, out)?)
+    }
+}
+
+/// 64-bit FNV-1a over the bytes written to it.
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
