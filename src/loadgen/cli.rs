@@ -84,6 +84,10 @@ struct RunArgs {
     /// read: the fraction of operations that are txn writes.
     #[arg(long, default_value_t = 0.05)]
     write_ratio: f64,
+    /// read: read the whole document (GET /v1/config), as WConfD's
+    /// ReadConfig does, instead of one key; with --pad-config-mb for its size.
+    #[arg(long)]
+    read_whole: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -169,6 +173,7 @@ pub fn main() -> ExitCode {
                 value_bytes: a.value_bytes,
                 instances: a.instances,
                 write_ratio: a.write_ratio,
+                read_whole: a.read_whole,
             },
             seed: a.seed,
             daemon_pid: a.daemon_pid,

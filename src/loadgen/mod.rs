@@ -112,6 +112,9 @@ impl Options {
         if !(0.0..=1.0).contains(&p.write_ratio) {
             return bad("--write-ratio must be within 0..=1");
         }
+        if p.read_whole && self.workload != Workload::Read {
+            return bad("--read-whole applies to --workload read only");
+        }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return bad("--rate must be above 0");
         }

@@ -112,6 +112,11 @@ pub struct Params {
     pub instances: usize,
     /// `read`: the fraction of operations that are writes.
     pub write_ratio: f64,
+    /// `read`: each read asks for the whole document (`GET /v1/config`), as
+    /// WConfD's ReadConfig does, instead of one key. Absent from reports
+    /// made before it existed.
+    #[serde(default)]
+    pub read_whole: bool,
 }
 
 /// The parameters every client shares.
@@ -236,6 +241,15 @@ struct Read {
     value: serde::de::IgnoredAny,
 }
 
+/// The answer to a whole-document read, checked the same way.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // checked by parsing, never read
+struct ReadWhole {
+    serial: u64,
+    lsn: u64,
+    config: serde::de::IgnoredAny,
+}
+
 /// What an operation did.
 pub struct Done {
     pub kind: OpKind,
@@ -317,6 +331,15 @@ impl Client {
             Workload::Read => {
                 if self.rng.gen_bool(self.plan.params.write_ratio) {
                     self.key_txn(OpKind::Write).await
+                } else if self.plan.params.read_whole {
+                    let _: ReadWhole = self
+                        .conn
+                        .call(Method::GET, "/v1/config", None::<&()>)
+                        .await?;
+                    Ok(Done {
+                        kind: OpKind::Read,
+                        changes: 0,
+                    })
                 } else {
                     let path = format!("/v1/config{}", self.key_path());
                     let _: Read = self.conn.call(Method::GET, &path, None::<&()>).await?;

@@ -174,6 +174,49 @@ fn a_daemon_behind_a_token_is_driven_with_token_file_and_refused_without() {
     assert_eq!(r.config_serial_before, 2);
 }
 
+/// GET requests answered 200 on `route`, from the daemon's `/metrics`.
+fn gets_ok(base: &str, route: &str) -> f64 {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .unwrap();
+    let route = format!("route=\"{route}\"");
+    text.lines()
+        .filter(|l| l.starts_with("wconf_http_requests_total{"))
+        .filter(|l| {
+            l.contains(&route) && l.contains("method=\"GET\"") && l.contains("status=\"200\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn read_whole_reads_the_whole_document_and_only_with_read() {
+    // Invariant: with --read-whole every read of the `read` workload is a
+    // GET of the whole document (counted by the daemon on that route, and
+    // none on the per-key route), clean; with any other workload the flag
+    // is a usage error (exit 2) that touches nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&dir.path().join("data"), &[]);
+    let addr = d.base.trim_start_matches("http://").to_string();
+    let out = run(&addr, "txn", &["--read-whole"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let (whole, key) = ("/v1/config", "/v1/config/{path:.*}");
+    let before = (gets_ok(&d.base, whole), gets_ok(&d.base, key));
+    let r = bench(&addr, "read", &["--read-whole", "--pad-config-mb", "1"]);
+    assert_eq!(r.errors.total, 0, "{:?}", r.errors);
+    assert!(r.params.read_whole, "{:?}", r.params);
+    let reads = r.by_kind.get("read").map_or(0, |k| k.ops);
+    assert!(reads > 0, "{r:?}");
+    let after = (gets_ok(&d.base, whole), gets_ok(&d.base, key));
+    assert!(
+        after.0 - before.0 >= reads as f64,
+        "{before:?} {after:?} {reads}"
+    );
+    assert_eq!(after.1, before.1, "per-key reads were made");
+}
+
 #[test]
 fn padding_and_snapshots_during_a_run_are_made_and_reported() {
     // Invariant: --pad-config-mb puts that much untouched document under
