@@ -685,7 +685,13 @@ async fn serve_recovered(
         });
         let (config_tx, config_rx) = tokio::sync::watch::channel(state.config().clone());
         let config_reader = ConfigReader::new(config_rx.clone(), wal.clone());
-        let config = ConfigActor::new(config_rx, config_lsn, wal.clone()).start();
+        // Its own thread: encoding a large document (1.5 ms per MB) on the
+        // system arbiter held up every lock decision behind it.
+        let config_arbiter = Arbiter::new();
+        let wal_for_config = wal.clone();
+        let config = ConfigActor::start_in_arbiter(&config_arbiter.handle(), move |_| {
+            ConfigActor::new(config_rx, config_lsn, wal_for_config)
+        });
         let snapshot_writer = SnapshotWriter::start(wal.clone())
             .map_err(|e| StartError::new(exit::START, format!("start the snapshot writer: {e}")))?;
         let lock = LockActor::new(
@@ -751,6 +757,7 @@ async fn serve_recovered(
             }
         };
         wal_arbiter.stop();
+        config_arbiter.stop();
         if result.is_ok() {
             tracing::info!("stopped cleanly");
         }
