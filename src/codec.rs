@@ -121,9 +121,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 }
 
 /// Decodes a snapshot body, under `SNAPSHOT_DECODE_BYTES_MAX` instead of the
-/// record cap; trailing bytes are an error here too.
-pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, snapshot_config())
+/// record cap; trailing bytes are an error here too. Strings a type may
+/// borrow (`#[serde(borrow)]`) are borrowed from `bytes`: the config
+/// document's text is read in place from the mapped snapshot.
+pub fn decode_snapshot<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::borrow_decode_from_slice(bytes, snapshot_config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     whole(value, used, bytes.len())
 }
