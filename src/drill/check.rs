@@ -185,6 +185,19 @@ fn session_facts(
     let mut facts: BTreeMap<String, SessionFacts> = BTreeMap::new();
     let mut unknown_opens = 0;
     let mut found = vec![];
+    // Ops are in invocation order, so a pause makes every session mortal
+    // only for the ops invoked after it; one in flight when the pause began
+    // may be answered by a daemon that expired its session meanwhile.
+    let pauses: Vec<u64> = history
+        .ops
+        .iter()
+        .filter(|op| matches!(op.kind, OpKind::Pause { .. }))
+        .map(|op| op.invoked_us)
+        .collect();
+    let paused_in_flight = |op: &Op| {
+        let answered = op.completed_us.unwrap_or(u64::MAX);
+        pauses.iter().any(|&p| p >= op.invoked_us && p < answered)
+    };
     for op in &history.ops {
         if let OpKind::Pause { .. } = op.kind {
             for f in facts.values_mut() {
@@ -212,7 +225,7 @@ fn session_facts(
         }
         let f = facts.get_mut(s).expect("inserted above");
         if refused_unknown_session(op) {
-            if !f.mortal && f.gone.is_none() {
+            if !f.mortal && f.gone.is_none() && !paused_in_flight(op) {
                 found.push(violation(
                     Invariant::NoLostAck,
                     run,

@@ -334,6 +334,31 @@ fn the_checker_catches_a_lost_acknowledged_change_and_grant() {
 }
 
 #[test]
+fn the_checker_accepts_a_session_expired_while_its_request_was_in_flight() {
+    // Invariant 1 lets a session vanish only where it may have ended. A
+    // request invoked before a pause (SIGSTOP past the lease) and answered
+    // after it may find its session expired meanwhile: 404 unknown_session
+    // is then no loss. The same 404 answered before the pause began is.
+    let (model, mut s, mut obs) = clean();
+    let gone = Outcome::Refused {
+        status: 404,
+        code: "unknown_session".into(),
+    };
+    let a = s.op(1, Some(S1), acquire("x/1"), gone);
+    let p = s.op(2, None, OpKind::Pause { ms: 4000 }, ok(json!({})));
+    obs.sessions.remove(S1);
+    obs.holders.clear();
+    let resumed = s.history.ops[p].completed_us.unwrap();
+    s.history.ops[a].completed_us = Some(resumed + 5);
+    let found = check::check(&model, &s.history, &obs);
+    assert!(found.is_empty(), "{found:#?}");
+
+    let invoked = s.history.ops[a].invoked_us;
+    s.history.ops[a].completed_us = Some(invoked + 1);
+    assert_caught(check::check(&model, &s.history, &obs), Invariant::NoLostAck);
+}
+
+#[test]
 fn the_checker_catches_a_change_and_its_release_recovered_apart() {
     // Invariant 2: with the write-with-release's outcome unknown, the
     // recovered state must have both the change and the release or
