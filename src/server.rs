@@ -687,11 +687,10 @@ async fn serve_recovered(
         let config_reader = ConfigReader::new(config_rx.clone(), wal.clone());
         // Its own thread: encoding a large document (1.5 ms per MB) on the
         // system arbiter held up every lock decision behind it.
+        // Built here, so its start-up check fails the start, not that thread.
         let config_arbiter = Arbiter::new();
-        let wal_for_config = wal.clone();
-        let config = ConfigActor::start_in_arbiter(&config_arbiter.handle(), move |_| {
-            ConfigActor::new(config_rx, config_lsn, wal_for_config)
-        });
+        let config = ConfigActor::new(config_rx, config_lsn, wal.clone());
+        let config = ConfigActor::start_in_arbiter(&config_arbiter.handle(), move |_| config);
         let snapshot_writer = SnapshotWriter::start(wal.clone())
             .map_err(|e| StartError::new(exit::START, format!("start the snapshot writer: {e}")))?;
         let lock = LockActor::new(
