@@ -85,20 +85,30 @@ struct ValueRef<'a> {
 /// (`pointer: None`) or one value. A missing value is an answer about the
 /// document too, so it waits for durability like any other.
 fn render(config: &ConfigState, pointer: Option<&str>) -> Result<Vec<u8>, ApiError> {
-    let serial = config.serial();
-    let internal = |e: serde_json::Error| ApiError::new(500, "internal", e.to_string());
     match pointer {
         None => serde_json::to_vec(&WholeRef {
-            serial,
+            serial: config.serial(),
             lsn: config.lsn(),
             config: config.doc(),
         })
         .map_err(internal),
-        Some(p) => match config.get(p) {
-            Some(value) => serde_json::to_vec(&ValueRef { serial, value }).map_err(internal),
-            None => Err(ApiError::not_found(format!("no config value at {p:?}"))),
-        },
+        Some(p) => render_value(config.serial(), p, config.get(p)),
     }
+}
+
+/// The response body of a read of the value at `pointer`, already looked
+/// up (`None`: there is none).
+fn render_value(serial: u64, pointer: &str, value: Option<&Node>) -> Result<Vec<u8>, ApiError> {
+    match value {
+        Some(value) => serde_json::to_vec(&ValueRef { serial, value }).map_err(internal),
+        None => Err(ApiError::not_found(format!(
+            "no config value at {pointer:?}"
+        ))),
+    }
+}
+
+fn internal(e: serde_json::Error) -> ApiError {
+    ApiError::new(500, "internal", e.to_string())
 }
 
 impl Handler<GetConfig> for ConfigActor {
@@ -144,13 +154,12 @@ impl ConfigReader {
     pub async fn read_small(&self, pointer: &str) -> Option<Result<Vec<u8>, ApiError>> {
         // O(1), and lets go of the channel before encoding.
         let config = self.config.borrow().clone();
-        if config
-            .get(pointer)
-            .is_some_and(|v| v.encoded_len() > INLINE_READ_BYTES_MAX)
-        {
+        // Looked up once: the size check and the body use the same value.
+        let value = config.get(pointer);
+        if value.is_some_and(|v| v.encoded_len() > INLINE_READ_BYTES_MAX) {
             return None;
         }
-        let body = render(&config, Some(pointer));
+        let body = render_value(config.serial(), pointer, value);
         let gate = self
             .wal
             .wait_durable(config.lsn())
