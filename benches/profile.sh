@@ -13,7 +13,11 @@
 #   WCONF_PROFILE_ARGS         more wconf-bench flags, e.g. "--keys 10000"
 #   WCONF_PROFILE_OUT          output directory (default benches/results/profile)
 #   WCONF_PROFILE_PORT         the daemon's port on 127.0.0.1 (default 7383)
-# Output: <out>/<workload>-<connections>.svg (the flame graph),
+#   WCONF_PROFILE_TRANSPORT    tcp (default), or unix: drive the daemon over
+#                              its Unix socket (wconfd --socket)
+#   WCONF_PROFILE_KEEP         if set, keep <out>/<name>.perf.data for perf report
+# Output: <out>/<workload>-<connections>.svg (the flame graph; -unix before
+#         the suffix over the Unix socket),
 #         <out>/<workload>-<connections>.txt (the wconf-bench report of the
 #         profiled run, the samples per daemon thread, and the top symbols
 #         by self time).
@@ -27,6 +31,11 @@ extra=${WCONF_PROFILE_ARGS:-}
 out=${WCONF_PROFILE_OUT:-benches/results/profile}
 port=${WCONF_PROFILE_PORT:-7383}
 addr=127.0.0.1:$port
+transport=${WCONF_PROFILE_TRANSPORT:-tcp}
+case $transport in
+tcp | unix) ;;
+*) echo "profile.sh: WCONF_PROFILE_TRANSPORT must be tcp or unix, not $transport" >&2; exit 2 ;;
+esac
 
 if ! command -v perf >/dev/null || ! perf --version >/dev/null 2>&1; then
     echo "profile.sh: installing perf (Debian package linux-perf)" >&2
@@ -49,10 +58,17 @@ bin=$target_dir/release
 data=$target_dir/tmp/wconf-profile
 name=$workload-$connections
 mkdir -p "$out" "$(dirname "$data")"
+serve=(--listen "$addr")
+drive=(--addr "$addr")
+if [ "$transport" = unix ]; then
+    serve+=(--socket "$data.sock")
+    drive=(--socket "$data.sock")
+    name=$name-unix
+fi
 rm -rf "$data"
 
 : >"$data.log"
-"$bin/wconfd" --data-dir "$data" --listen "$addr" >"$data.log" 2>&1 &
+"$bin/wconfd" --data-dir "$data" "${serve[@]}" >"$data.log" 2>&1 &
 daemon_pid=$!
 perf_pid=
 cleanup() {
@@ -69,7 +85,7 @@ done
 grep -q '^wconfd ready' "$data.log" || { echo "wconfd did not start" >&2; exit 1; }
 
 # shellcheck disable=SC2086 # $extra is a list of flags
-"$bin/wconf-bench" --addr "$addr" --workload "$workload" --connections "$connections" \
+"$bin/wconf-bench" "${drive[@]}" --workload "$workload" --connections "$connections" \
     --duration "$duration_s" --warmup 2 --daemon-pid "$daemon_pid" $extra >"$out/$name.report" &
 bench_pid=$!
 sleep 2 # the warm-up: record only the measured window
@@ -81,7 +97,7 @@ perf script -i "$out/$name.perf.data" 2>/dev/null |
     "$tools/bin/inferno-collapse-perf" |
     "$tools/bin/inferno-flamegraph" --title "wconfd: $workload at $connections connections" >"$out/$name.svg"
 {
-    echo "wconfd under wconf-bench $workload, $connections connections, $(git rev-parse --short HEAD), nproc $(nproc)"
+    echo "wconfd under wconf-bench $workload, $connections connections over $transport, $(git rev-parse --short HEAD), nproc $(nproc)"
     echo
     cat "$out/$name.report"
     echo
@@ -93,6 +109,6 @@ perf script -i "$out/$name.perf.data" 2>/dev/null |
     perf report -i "$out/$name.perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
         grep '%' | grep -v '^#' | sed -n 1,30p | cut -c1-140
 } >"$out/$name.txt"
-rm -f "$out/$name.perf.data" "$out/$name.report"
+[ -n "${WCONF_PROFILE_KEEP:-}" ] || rm -f "$out/$name.perf.data" "$out/$name.report"
 echo "$out/$name.svg"
 echo "$out/$name.txt"

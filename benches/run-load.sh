@@ -19,6 +19,10 @@
 #                            workload (default target/tmp/wconf-load); must be
 #                            on the disk to measure, not tmpfs
 #   WCONF_LOAD_PORT          the daemon's port on 127.0.0.1 (default 7379)
+#   WCONF_LOAD_TRANSPORT     tcp (default), or unix: the daemon also serves
+#                            <data dir>.sock (wconfd --socket) and wconf-bench
+#                            drives it there (--socket), as a job system on
+#                            the same host would
 #
 # With the defaults the runs take about 2 minutes (16 runs of 7 s, plus the
 # daemon's starts), after the build. Take numbers for the record only on an
@@ -35,12 +39,23 @@ extra=${WCONF_LOAD_ARGS:-}
 out=${WCONF_LOAD_OUT:-benches/results}
 port=${WCONF_LOAD_PORT:-7379}
 addr=127.0.0.1:$port
+transport=${WCONF_LOAD_TRANSPORT:-tcp}
+case $transport in
+tcp | unix) ;;
+*) echo "run-load.sh: WCONF_LOAD_TRANSPORT must be tcp or unix, not $transport" >&2; exit 2 ;;
+esac
 
 cargo build --release --bin wconfd --bin wconf-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 bin=$target_dir/release
 data=${WCONF_LOAD_DATA_DIR:-$target_dir/tmp/wconf-load}
+serve=(--listen "$addr")
+drive=(--addr "$addr")
+if [ "$transport" = unix ]; then
+    serve+=(--socket "$data.sock")
+    drive=(--socket "$data.sock")
+fi
 raw=$out/raw
 rm -rf "$raw"
 mkdir -p "$raw" "$(dirname "$data")"
@@ -58,7 +73,7 @@ trap stop_daemon EXIT
 
 for workload in $workloads; do
     rm -rf "$data"
-    "$bin/wconfd" --data-dir "$data" --listen "$addr" >"$data.log" 2>&1 &
+    "$bin/wconfd" --data-dir "$data" "${serve[@]}" >"$data.log" 2>&1 &
     daemon_pid=$!
     # Wait for the ready line (polled, with a deadline).
     for _ in $(seq 300); do
@@ -71,7 +86,7 @@ for workload in $workloads; do
         report=$raw/$workload-$c.json
         status=0
         # shellcheck disable=SC2086 # $extra is a list of flags
-        "$bin/wconf-bench" --addr "$addr" --workload "$workload" --connections "$c" \
+        "$bin/wconf-bench" "${drive[@]}" --workload "$workload" --connections "$c" \
             --duration "$duration_s" --warmup "$warmup_s" --daemon-pid "$daemon_pid" \
             --json $extra >"$report" || status=$?
         # 1: the run completed with failed requests, which the table shows.
@@ -89,7 +104,9 @@ PY
     stop_daemon
 done
 
-title="Load test: \`benches/run-load.sh\` (${duration_s} s measured after ${warmup_s} s warm-up${extra:+, $extra}), \
+title="Load test: \`${WCONF_LOAD_TRANSPORT:+WCONF_LOAD_TRANSPORT=$transport }benches/run-load.sh\` \
+(over $([ "$transport" = unix ] && echo "the daemon's Unix socket" || echo "TCP on loopback"); \
+${duration_s} s measured after ${warmup_s} s warm-up${extra:+, $extra}), \
 nproc $(nproc), $(free -g | awk '/^Mem:/ { print $2 " GiB" }'), $(uname -sr), \
 $(df -T "$(dirname "$data")" | awk 'NR == 2 { print $2 " on " $1 }'), \
 load average before $load_before, $(git rev-parse --short HEAD) $(date -u +%Y-%m-%dT%H:%MZ)."

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::workload::{Params, Workload};
-use super::{plot, Options, RunError};
+use super::{plot, Options, RunError, Target};
 use clap::{Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
@@ -53,6 +53,10 @@ struct RunArgs {
     /// wconfd's address, host:port.
     #[arg(long, env = "WCONF_ADDR", default_value = super::ADDR_DEFAULT)]
     addr: String,
+    /// Drive wconfd over the Unix socket it serves with --socket, instead
+    /// of TCP (--addr is then not used).
+    #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+    socket: Option<PathBuf>,
     /// Send the bearer token in FILE (owner-only), for a wconfd started
     /// with --auth-token-file.
     #[arg(long, env = "WCONF_TOKEN_FILE", value_name = "FILE")]
@@ -95,7 +99,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// The daemon's pid, for the CPU split (found from the port of a
-    /// loopback --addr otherwise).
+    /// loopback --addr, or from --socket, otherwise).
     #[arg(long)]
     daemon_pid: Option<u32>,
     /// Before the run, add about MB megabytes of document under /pad that
@@ -158,11 +162,15 @@ pub fn main() -> ExitCode {
                 Some(path) => Some(crate::auth::read_token_file(path).map_err(RunError::Usage)?),
                 None => None,
             },
-            addr: a
-                .addr
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string(),
+            target: match a.socket {
+                Some(path) => Target::Unix(path),
+                None => Target::Tcp(
+                    a.addr
+                        .trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .to_string(),
+                ),
+            },
             workload: a.workload,
             connections: a.connections,
             duration: seconds("--duration", a.duration)?,

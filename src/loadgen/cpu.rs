@@ -59,6 +59,29 @@ pub fn listener_pid(port: u16) -> Option<u32> {
             (local_port == port && *f.get(3)? == "0A").then(|| f.get(9).map(|s| s.to_string()))?
         })
     })?;
+    socket_owner(&inode)
+}
+
+/// The process listening on the Unix socket at `path`, found the same way
+/// through `/proc/net/unix`, which names a socket by the path it was bound
+/// to (as given, so relative paths are tried both ways).
+pub fn unix_listener_pid(path: &std::path::Path) -> Option<u32> {
+    let absolute = fs::canonicalize(path).ok();
+    let table = fs::read_to_string("/proc/net/unix").ok()?;
+    let inode = table.lines().skip(1).find_map(|l| {
+        // Num RefCount Protocol Flags Type St Inode Path; a listener has
+        // __SO_ACCEPTCON (flag 0x10000) set.
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let bound = std::path::Path::new(f.get(7)?);
+        let listening = u32::from_str_radix(f.get(3)?, 16).ok()? & 0x1_0000 != 0;
+        (listening && (bound == path || Some(bound) == absolute.as_deref()))
+            .then(|| f.get(6).map(|s| s.to_string()))?
+    })?;
+    socket_owner(&inode)
+}
+
+/// The process holding socket `inode` open.
+fn socket_owner(inode: &str) -> Option<u32> {
     let target = format!("socket:[{inode}]");
     fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -151,11 +174,17 @@ mod tests {
 
     #[test]
     fn this_process_is_found_listening_and_its_cpu_is_counted() {
-        // Invariant: the daemon's pid is found from its port alone, and a
+        // Invariant: the daemon's pid is found from its port or its socket
+        // path alone, and a
         // busy loop shows up as this process's CPU time.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert_eq!(listener_pid(port), Some(std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wconf.sock");
+        let _unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(unix_listener_pid(&path), Some(std::process::id()));
+        assert_eq!(unix_listener_pid(&dir.path().join("other.sock")), None);
         // Spin until the kernel has charged this process at least one more
         // tick (polled, with a deadline rather than a fixed time).
         let a = Sample::take(None);

@@ -15,7 +15,8 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
 
 use crate::api::error::ErrorBody;
 
@@ -100,29 +101,51 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// A keep-alive connection that reconnects on the next request after a
-/// transport error.
 /// The half of a hyper connection that does the socket I/O; polled only
 /// while a request is in flight, which is all an HTTP/1.1 client needs.
-type Driver = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+type Driver = Pin<Box<Connection<TokioIo<Either<TcpStream, UnixStream>>, Full<Bytes>>>>;
 
 /// How long an exchange may still take once its connection has ended: what
 /// the daemon sent before closing is already buffered.
 const DRIVER_ENDED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port`.
+    Tcp(String),
+    /// The path of the Unix socket wconfd serves with `--socket`.
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(addr) => f.write_str(addr),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// Where the daemon is and how to talk to it; cloned into every connection.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    addr: String,
+    target: Target,
     host: HeaderValue,
     /// `Bearer <token>`, for a daemon started with `--auth-token-file`.
     authorization: Option<HeaderValue>,
 }
 
 impl Endpoint {
-    /// `addr` is `host:port`; `token` the daemon's bearer token, if it wants one.
-    pub fn new(addr: &str, token: Option<&str>) -> Result<Endpoint, String> {
-        let host = HeaderValue::from_str(addr).map_err(|_| format!("bad address {addr:?}"))?;
+    /// `token` is the daemon's bearer token, if it wants one (TCP only:
+    /// wconfd guards its Unix socket by the socket file's mode).
+    pub fn new(target: &Target, token: Option<&str>) -> Result<Endpoint, String> {
+        let host = match target {
+            Target::Tcp(addr) => {
+                HeaderValue::from_str(addr).map_err(|_| format!("bad address {addr:?}"))?
+            }
+            Target::Unix(_) => HeaderValue::from_static("localhost"),
+        };
         let authorization = token
             .map(|t| {
                 let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
@@ -132,7 +155,7 @@ impl Endpoint {
             })
             .transpose()?;
         Ok(Endpoint {
-            addr: addr.to_string(),
+            target: target.clone(),
             host,
             authorization,
         })
@@ -142,7 +165,7 @@ impl Endpoint {
 pub struct Conn {
     endpoint: Endpoint,
     open: Option<(SendRequest<Full<Bytes>>, Driver)>,
-    /// TCP connects made so far: one per connection unless errors forced
+    /// Connects made so far: one per connection unless errors forced
     /// reconnects, which the report shows.
     pub connects: u64,
 }
@@ -158,15 +181,20 @@ impl Conn {
     }
 
     async fn connect(&mut self) -> Result<(), OpError> {
-        let addr = &self.endpoint.addr;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| OpError::connection(&format!("connect {addr}"), e))?;
-        // Requests are small and each waits for its answer: Nagle would
-        // only add delay.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| OpError::connection("TCP_NODELAY", e))?;
+        let target = &self.endpoint.target;
+        let failed = |e| OpError::connection(&format!("connect {target}"), e);
+        let stream = match target {
+            Target::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await.map_err(failed)?;
+                // Requests are small and each waits for its answer: Nagle
+                // would only add delay.
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| OpError::connection("TCP_NODELAY", e))?;
+                Either::Left(stream)
+            }
+            Target::Unix(path) => Either::Right(UnixStream::connect(path).await.map_err(failed)?),
+        };
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| OpError::connection("HTTP handshake", e))?;

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::sleep_until;
 
 use self::cpu::{CpuSplit, Sample};
+pub use self::http::Target;
 use self::http::{Conn, Endpoint, ErrorKind, OpError};
 use self::metrics::WalDelta;
 use self::report::{DaemonFigures, Errors, KindReport, Latency, Report, SnapshotFigures};
@@ -52,7 +53,7 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub addr: String,
+    pub target: Target,
     /// The bearer token of a daemon started with `--auth-token-file`.
     pub token: Option<crate::auth::Token>,
     pub workload: Workload,
@@ -63,7 +64,8 @@ pub struct Options {
     pub rate: Option<f64>,
     pub params: Params,
     pub seed: u64,
-    /// The daemon's pid for the CPU split; found from the port when None.
+    /// The daemon's pid for the CPU split; found from the listening socket
+    /// when None.
     pub daemon_pid: Option<u32>,
     /// MB of untouched document to add under `/pad` before the run.
     pub pad_config_mb: u64,
@@ -422,7 +424,7 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
         run_ttl_ms: (run_s + 60).saturating_mul(1000).min(86_400_000),
         nonce: rand::random(),
     });
-    let endpoint = Endpoint::new(&opts.addr, opts.token.as_ref().map(|t| t.as_str()))
+    let endpoint = Endpoint::new(&opts.target, opts.token.as_ref().map(|t| t.as_str()))
         .map_err(RunError::Usage)?;
     let mut admin = Conn::new(&endpoint);
     workload::setup(&mut admin, &plan)
@@ -461,9 +463,10 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
             .rate
             .map(|r| Duration::from_secs_f64(opts.connections as f64 / r)),
     };
-    let daemon_pid = opts
-        .daemon_pid
-        .or_else(|| local_port(&opts.addr).and_then(cpu::listener_pid));
+    let daemon_pid = opts.daemon_pid.or_else(|| match &opts.target {
+        Target::Tcp(addr) => local_port(addr).and_then(cpu::listener_pid),
+        Target::Unix(path) => cpu::unix_listener_pid(path),
+    });
     let live = Arc::new(Live::default());
     let observer = tokio::spawn(observe(endpoint.clone(), clock, daemon_pid));
     let snapshotter = opts
@@ -518,7 +521,7 @@ async fn run_async(opts: &Options) -> Result<Report, RunError> {
     };
     Ok(Report {
         workload: opts.workload,
-        addr: opts.addr.clone(),
+        addr: opts.target.to_string(),
         connections: opts.connections,
         duration_s: secs,
         warmup_s: opts.warmup.as_secs_f64(),

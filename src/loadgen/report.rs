@@ -114,7 +114,8 @@ pub struct Report {
     pub config_serial_before: u64,
     pub config_serial_after: u64,
     pub errors: Errors,
-    /// TCP connects: one per connection unless errors forced reconnects.
+    /// Connects (TCP or Unix socket): one per connection unless errors
+    /// forced reconnects.
     pub connects: u64,
     pub daemon: DaemonFigures,
     /// Over the measured window.
@@ -238,7 +239,7 @@ impl Report {
         }
         let _ = writeln!(
             t,
-            "changes     {} acknowledged; config serial {} -> {}; {} TCP connects",
+            "changes     {} acknowledged; config serial {} -> {}; {} connects",
             thousands(self.changes_acked as f64),
             self.config_serial_before,
             self.config_serial_after,

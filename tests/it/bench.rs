@@ -18,13 +18,15 @@ const INSTANCES: usize = 5;
 
 /// Runs one workload for a second with `--json` and `extra` flags.
 fn run(addr: &str, workload: &str, extra: &[&str]) -> Output {
-    run_for("1", addr, workload, extra)
+    run_at(&["--addr", addr], "1", workload, extra)
 }
 
-/// [`run`], measuring for `duration_s` seconds.
-fn run_for(duration_s: &str, addr: &str, workload: &str, extra: &[&str]) -> Output {
+/// [`run`] against the daemon that the flags `at` name, measuring for
+/// `duration_s` seconds.
+fn run_at(at: &[&str], duration_s: &str, workload: &str, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wconf-bench"))
-        .args(["--addr", addr, "--workload", workload, "--json"])
+        .args(at)
+        .args(["--workload", workload, "--json"])
         .args(["--connections", &CONNECTIONS.to_string()])
         .args(["--duration", duration_s, "--warmup", "0.2"])
         .args(["--keys", &KEYS.to_string()])
@@ -153,6 +155,14 @@ fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
     }
 }
 
+/// An owner-only token file in `dir`, for `--auth-token-file`.
+fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let token = dir.join("token");
+    std::fs::write(&token, "bench-test-token-3f9a\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    token
+}
+
 #[test]
 fn a_daemon_behind_a_token_is_driven_with_token_file_and_refused_without() {
     // Invariant: against a daemon started with --auth-token-file, a run
@@ -160,9 +170,7 @@ fn a_daemon_behind_a_token_is_driven_with_token_file_and_refused_without() {
     // changes nothing; with --token-file it runs clean and its changes are
     // all in the serial.
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "bench-test-token-3f9a\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = token_file(dir.path());
     let token = token.to_str().unwrap();
     let d = start(&dir.path().join("data"), &["--auth-token-file", token]);
     let addr = d.base.trim_start_matches("http://").to_string();
@@ -181,6 +189,50 @@ fn a_daemon_behind_a_token_is_driven_with_token_file_and_refused_without() {
     // The refused run wrote nothing: the serial starts at this run's
     // set-up (two changes: /bench, then the keys).
     assert_eq!(r.config_serial_before, 2);
+}
+
+#[test]
+fn a_run_over_the_unix_socket_reaches_the_daemon_there() {
+    // Invariant: with --socket every request goes over the daemon's Unix
+    // socket. The daemon wants a token on TCP and the run sends none, so a
+    // clean run proves no request went over TCP. The report names the
+    // socket, finds the daemon's pid from it, and its acknowledged changes
+    // are all in the serial. --socket with --addr is a usage error, and a
+    // socket nobody serves fails at set-up naming its path.
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let socket = dir.path().join("wconf.sock");
+    let socket = socket.to_str().unwrap();
+    let d = start(
+        &dir.path().join("data"),
+        &[
+            "--auth-token-file",
+            token.to_str().unwrap(),
+            "--socket",
+            socket,
+        ],
+    );
+
+    let out = run_at(&["--socket", socket], "1", "txn", &[]);
+    let r = report("txn", out);
+    assert!(r.ops > 0 && r.errors.total == 0, "{r:?}");
+    assert_eq!(r.addr, format!("unix:{socket}"));
+    assert_eq!(r.cpu.daemon_pid, Some(d.child.id()));
+    assert_eq!(
+        r.config_serial_after - r.config_serial_before,
+        r.changes_acked
+    );
+    assert_eq!(r.config_serial_before, 2);
+
+    let addr = d.base.trim_start_matches("http://");
+    let both = run_at(&["--socket", socket, "--addr", addr], "1", "txn", &[]);
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    let nobody = dir.path().join("nobody.sock");
+    let nobody = nobody.to_str().unwrap();
+    let out = run_at(&["--socket", nobody], "1", "txn", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("unix:{nobody}")), "{stderr}");
 }
 
 /// GET requests answered 200 on `route`, from the daemon's `/metrics`.
@@ -245,9 +297,9 @@ fn padding_and_snapshots_during_a_run_are_made_and_reported() {
     // taken 980 ms, so one second held only one.
     let r = report(
         "txn",
-        run_for(
+        run_at(
+            &["--addr", &addr],
             "3",
-            &addr,
             "txn",
             &["--pad-config-mb", "2", "--snapshot-every", "0.2"],
         ),
