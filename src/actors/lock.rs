@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use json_patch::Patch;
 
 use super::mailbox::Counted;
 use super::wal::{Append, WalActor};
@@ -29,6 +30,7 @@ use crate::metrics::{MailboxOf, Metrics};
 use crate::replay::encode_record;
 use crate::snapshot::writer::{Done, Job, SnapshotWriter};
 use crate::snapshot::SnapshotError;
+use crate::state::config::ParsedPatch;
 use crate::state::ConfigState;
 use crate::state::{
     CloseReason, GrantPass, LockMode, LockRequest, Outcome, Record, Requester, SessionId, State,
@@ -149,7 +151,7 @@ impl Step {
 
 /// What the queue's waiter for a transaction does not carry.
 struct PendingTxn {
-    patch_json: String,
+    patch: ParsedPatch,
     if_serial: Option<u64>,
     wait_ms: u64,
     reply: Reply<TxnResponse>,
@@ -240,6 +242,17 @@ impl LockActor {
         step: &mut Step,
         record: Record,
     ) -> Result<crate::state::Applied, ApiError> {
+        self.apply_parsed(step, record, None)
+    }
+
+    /// [`LockActor::apply`] of a `ConfigWrite` whose patch ops were parsed
+    /// already (`State::apply_parsed`).
+    fn apply_parsed(
+        &mut self,
+        step: &mut Step,
+        record: Record,
+        ops: Option<&Patch>,
+    ) -> Result<crate::state::Applied, ApiError> {
         let (kind, payload) =
             encode_record(&record).map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
         let options = self.wal.options();
@@ -263,7 +276,7 @@ impl LockActor {
             }
         }
         let lsn = self.state.next_lsn();
-        let applied = self.state.apply(lsn, &record)?;
+        let applied = self.state.apply_parsed(lsn, &record, ops)?;
         if let Record::ConfigWrite { .. } = record {
             step.config_changed = true;
         }
@@ -488,13 +501,14 @@ impl LockActor {
 
     fn grant_one(&mut self, step: &mut Step, id: WaiterId, pass: &GrantPass) {
         if let Some(txn) = self.txns.remove(&id) {
+            let (patch_json, ops) = txn.patch.into_parts();
             let result = self
                 .state
-                .run_txn_waiter(id, txn.patch_json)
+                .run_txn_waiter(id, patch_json)
                 .map_err(ApiError::from)
                 .and_then(|(waiter, record)| {
                     self.waited(&waiter);
-                    self.txn_now(step, record, txn.if_serial)
+                    self.txn_now(step, record, &ops, txn.if_serial)
                 });
             step.answers.push(answer(txn.reply, result));
             return;
@@ -519,10 +533,11 @@ impl LockActor {
         &mut self,
         step: &mut Step,
         record: Record,
+        ops: &Patch,
         if_serial: Option<u64>,
     ) -> Result<TxnResponse, ApiError> {
         check_serial(self.state.config().serial(), if_serial)?;
-        let applied = self.apply(step, record)?;
+        let applied = self.apply_parsed(step, record, Some(ops))?;
         txn_outcome(applied.outcome.ok_or_else(missing_outcome)?)
     }
 
@@ -862,12 +877,12 @@ request!(
 request!(GetLocks -> LocksView {});
 request!(Write -> WriteResponse {
     session: SessionId,
-    patch_json: String,
+    patch: ParsedPatch,
     release: bool,
     request_id: Option<String>,
 });
 request!(Txn -> TxnResponse {
-    patch_json: String,
+    patch: ParsedPatch,
     if_serial: Option<u64>,
     wait_ms: u64,
     request_id: Option<String>,
@@ -1200,10 +1215,11 @@ impl Handler<Write> for LockActor {
                     lsn: None,
                 });
             }
+            let (patch_json, ops) = m.patch.into_parts();
             let record =
                 self.state
-                    .decide_config_write(m.session, m.patch_json, m.release, m.request_id)?;
-            let applied = self.apply(&mut step, record)?;
+                    .decide_config_write(m.session, patch_json, m.release, m.request_id)?;
+            let applied = self.apply_parsed(&mut step, record, Some(&ops))?;
             write_outcome(applied.outcome.ok_or_else(missing_outcome)?)
         })();
         step.answers.push(answer(m.reply, result));
@@ -1229,11 +1245,13 @@ impl LockActor {
                 Some(done) => txn_outcome(done),
                 None => match self.state.txn_blockers(TXN_PRIORITY, request_id.as_deref()) {
                     Err(e) => Err(e.into()),
-                    Ok(blockers) if blockers.is_empty() => self
-                        .state
-                        .decide_txn(txn.patch_json, TXN_PRIORITY, request_id)
-                        .map_err(ApiError::from)
-                        .and_then(|record| self.txn_now(step, record, txn.if_serial)),
+                    Ok(blockers) if blockers.is_empty() => {
+                        let (patch_json, ops) = txn.patch.into_parts();
+                        self.state
+                            .decide_txn(patch_json, TXN_PRIORITY, request_id)
+                            .map_err(ApiError::from)
+                            .and_then(|record| self.txn_now(step, record, &ops, txn.if_serial))
+                    }
                     Ok(_) if txn.wait_ms == 0 => Err(ApiError::new(
                         409,
                         "config_locked",
@@ -1272,14 +1290,14 @@ impl Handler<Txn> for LockActor {
     fn handle(&mut self, m: Txn, ctx: &mut Self::Context) {
         let mut step = Step::new(true);
         let Txn {
-            patch_json,
+            patch,
             if_serial,
             wait_ms,
             request_id,
             reply,
         } = m;
         let txn = PendingTxn {
-            patch_json,
+            patch,
             if_serial,
             wait_ms,
             reply,

@@ -11,12 +11,14 @@ use std::str::FromStr;
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::config::{ConfigActor, ConfigReader, GetConfig};
 use crate::actors::lock::{self, LockActor};
 use crate::actors::mailbox::{Counted, Mailbox};
 use crate::actors::Reply;
+use crate::state::config::ParsedPatch;
 use crate::state::locks::{PRIORITY_MAX, PRIORITY_MIN};
 use crate::state::{LockRequest, SessionId};
 use error::ApiError;
@@ -299,33 +301,32 @@ async fn get_config_path(
     read_config(&h, Some(pointer)).await
 }
 
-/// Patches travel as JSON text in the record; the state layer parses and
-/// bounds them.
-fn patch_text(patch: &serde_json::Value) -> Result<String, ApiError> {
-    if !patch.is_array() {
+/// Patches travel as JSON text in the record, as the client sent it; they
+/// are parsed and bounded here, once, and the ops go to the sequencer with
+/// the text.
+fn parsed_patch(patch: Box<RawValue>) -> Result<ParsedPatch, ApiError> {
+    if !patch.get().starts_with('[') {
         return Err(ApiError::new(
             400,
             "bad_patch",
             "patch must be a JSON array of RFC 6902 operations",
         ));
     }
-    let text = serde_json::to_string(patch).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // A malformed patch is bad input whoever sends it: refuse it before any
     // lock or session check can answer "not applied" instead.
-    crate::state::config::parse_patch(&text)?;
-    Ok(text)
+    Ok(ParsedPatch::parse(String::from(Box::<str>::from(patch)))?)
 }
 
 async fn write(
     h: web::Data<Handles>,
-    body: web::Json<WriteRequest>,
+    body: web::Json<WriteRequest<Box<RawValue>>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let session = session_id(&body.session)?;
-    let patch_json = patch_text(&body.patch)?;
+    let patch = parsed_patch(body.patch)?;
     let written = ask(&h.lock, |reply| lock::Write {
         session,
-        patch_json,
+        patch,
         release: body.release,
         request_id: body.request_id,
         reply,
@@ -334,11 +335,14 @@ async fn write(
     Ok(ok(written))
 }
 
-async fn txn(h: web::Data<Handles>, body: web::Json<TxnRequest>) -> Result<HttpResponse, ApiError> {
+async fn txn(
+    h: web::Data<Handles>,
+    body: web::Json<TxnRequest<Box<RawValue>>>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let patch_json = patch_text(&body.patch)?;
+    let patch = parsed_patch(body.patch)?;
     let done = ask(&h.lock, |reply| lock::Txn {
-        patch_json,
+        patch,
         if_serial: body.if_serial,
         wait_ms: body.wait_ms,
         request_id: body.request_id,

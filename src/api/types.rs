@@ -164,11 +164,13 @@ pub struct ConfigValue {
     pub value: Value,
 }
 
+/// The patch is a `Value` for clients; the daemon reads it as
+/// `Box<RawValue>`, the text as sent, so it is parsed once, into the ops.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WriteRequest {
+pub struct WriteRequest<P = Value> {
     pub session: String,
-    pub patch: Value,
+    pub patch: P,
     #[serde(default)]
     pub release: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,10 +187,11 @@ pub struct WriteResponse {
     pub lsn: Option<u64>,
 }
 
+/// The patch's type as for [`WriteRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TxnRequest {
-    pub patch: Value,
+pub struct TxnRequest<P = Value> {
+    pub patch: P,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_serial: Option<u64>,
     #[serde(default)]

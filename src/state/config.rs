@@ -112,6 +112,28 @@ fn depth_capped(v: &Value, cap: usize) -> Option<usize> {
     Some(deepest)
 }
 
+/// A patch's text with its ops, parsed once: `ops` is always
+/// `parse_patch(json)`, which only [`ParsedPatch::parse`] makes. The HTTP
+/// worker parses every patch to refuse a malformed one before any lock
+/// check, and hands both on, so the sequencer does not parse it again.
+#[derive(Debug)]
+pub struct ParsedPatch {
+    json: String,
+    ops: Patch,
+}
+
+impl ParsedPatch {
+    pub fn parse(json: String) -> Result<ParsedPatch, StateError> {
+        let ops = parse_patch(&json)?;
+        Ok(ParsedPatch { json, ops })
+    }
+
+    /// The text (for the record) and the ops (for applying it).
+    pub fn into_parts(self) -> (String, Patch) {
+        (self.json, self.ops)
+    }
+}
+
 /// Parses patch text, bounded before and after parsing.
 pub fn parse_patch(patch_json: &str) -> Result<Patch, StateError> {
     if patch_json.len() > PATCH_BYTES_MAX {

@@ -451,6 +451,21 @@ impl State {
     /// the state is unchanged: every check runs before the first change, and
     /// the one fallible change (the config patch) is itself atomic and last.
     pub fn apply(&mut self, lsn: u64, record: &Record) -> Result<Applied, StateError> {
+        self.apply_parsed(lsn, record, None)
+    }
+
+    /// [`State::apply`], given the ops of a `ConfigWrite`'s patch already
+    /// parsed from its text (by [`config::ParsedPatch`]), so they are not
+    /// parsed again. `ops` must be what parsing the record's text gives
+    /// (checked in debug builds): replay parses the text, and both must
+    /// reach the same state.
+    pub fn apply_parsed(
+        &mut self,
+        lsn: u64,
+        record: &Record,
+        ops: Option<&json_patch::Patch>,
+    ) -> Result<Applied, StateError> {
+        debug_assert!(ops.is_none() || matches!(record, Record::ConfigWrite { .. }));
         if self.applied_lsn.checked_add(1) != Some(lsn) {
             return Err(StateError::NonContiguousLsn {
                 expected: self.next_lsn(),
@@ -539,8 +554,18 @@ impl State {
             } => {
                 self.check_config_writer(*session, *release_config)?;
                 self.check_request_id(*session, request_id.as_deref())?;
-                let patch = config::parse_patch(patch_json)?;
-                self.config.apply_patch(lsn, &patch)?;
+                let parsed;
+                let patch = match ops {
+                    Some(ops) => {
+                        debug_assert_eq!(config::parse_patch(patch_json).ok().as_ref(), Some(ops));
+                        ops
+                    }
+                    None => {
+                        parsed = config::parse_patch(patch_json)?;
+                        &parsed
+                    }
+                };
+                self.config.apply_patch(lsn, patch)?;
                 let serial = self.config.serial();
                 let outcome = match session {
                     Some(s) => {

@@ -99,6 +99,40 @@ fn a_malformed_patch_is_a_400_even_without_the_config_lock() {
 }
 
 #[test]
+fn a_patch_is_taken_as_sent_and_only_as_an_array() {
+    // Invariant: the daemon reads a patch as the client's text. Any JSON
+    // layout of an array of ops applies, and survives a restart, which
+    // parses the logged text again. Anything but an array is a 400
+    // bad_patch that writes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), &[]);
+    let lsn = d.client.status().unwrap().applied_lsn;
+    for patch in [
+        r#"{"op":"add","path":"/a","value":1}"#,
+        "null",
+        r#""[]""#,
+        "7",
+    ] {
+        let body = format!(r#"{{"patch": {patch}}}"#);
+        let refused: Result<Value, _> = d.client.post_raw("/v1/config/txn", body.as_bytes());
+        assert_eq!(
+            status_of(refused),
+            (400, "bad_patch".to_string()),
+            "{patch}"
+        );
+    }
+    assert_eq!(d.client.status().unwrap().applied_lsn, lsn);
+    let body = b"{ \"patch\" :\n  [ { \"value\" : {\"b\" : [1, 2.5, \"x\"]},\n     \"path\":\"/a\", \"op\":\"add\" } ]\n}";
+    let applied: Value = d.client.post_raw("/v1/config/txn", body).unwrap();
+    assert_eq!(applied["applied"], json!(true), "{applied}");
+    let want = json!({"b": [1, 2.5, "x"]});
+    assert_eq!(d.client.config_value("/a").unwrap().value, want);
+    d.kill();
+    let d = start(dir.path(), &[]);
+    assert_eq!(d.client.config_value("/a").unwrap().value, want);
+}
+
+#[test]
 fn keepalive_takes_no_body_or_an_empty_object() {
     // Invariant: G9 holds for keepalive too: a malformed body is a 400.
     let dir = tempfile::tempdir().unwrap();
