@@ -10,6 +10,11 @@
 //! waits behind queued reads. A read takes the latest published state and
 //! answers only once the LSN of the last change it shows is durable (G4), so
 //! it never shows a change a crash could take back.
+//!
+//! The actor itself only takes the document and waits for durability: the
+//! bodies it answers with are encoded by [`Encoders`] on blocking threads,
+//! a few at a time, and streamed in chunks, so neither this thread nor
+//! memory grows with the number or the speed of the readers.
 
 use std::sync::Arc;
 
@@ -17,6 +22,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::stream::{Body, Encoders};
 use super::{durable_wait_failed, Reply, CONFIG_MAILBOX_MAX};
 use crate::api::error::ApiError;
 use crate::state::doc::Node;
@@ -29,6 +35,8 @@ pub struct ConfigActor {
     /// wait on.
     config: watch::Receiver<ConfigState>,
     wal: Arc<Wal>,
+    /// Encode the bodies, off this thread, a few at a time.
+    encoders: Encoders,
 }
 
 impl ConfigActor {
@@ -45,7 +53,11 @@ impl ConfigActor {
             lsn <= durable_lsn,
             "the config changed at LSN {lsn} after the durable LSN {durable_lsn}",
         );
-        ConfigActor { config, wal }
+        ConfigActor {
+            config,
+            wal,
+            encoders: Encoders::default(),
+        }
     }
 }
 
@@ -63,48 +75,36 @@ impl Actor for ConfigActor {
 #[rtype(result = "()")]
 pub struct GetConfig {
     pub pointer: Option<String>,
-    pub reply: Reply<Vec<u8>>,
+    pub reply: Reply<Body>,
 }
 
 super::mailbox::countable!(ConfigActor: GetConfig);
 
+/// The body of a read of the whole document. Owned, so an encoder thread
+/// can take it: cloning the document is O(1).
 #[derive(Serialize)]
-struct WholeRef<'a> {
+struct Whole {
     serial: u64,
     lsn: u64,
-    config: &'a Node,
+    config: Node,
 }
 
+/// The body of a read of one value.
 #[derive(Serialize)]
-struct ValueRef<'a> {
+struct ValueBody {
     serial: u64,
-    value: &'a Node,
-}
-
-/// The response body of a read of `config`: the whole document
-/// (`pointer: None`) or one value. A missing value is an answer about the
-/// document too, so it waits for durability like any other.
-fn render(config: &ConfigState, pointer: Option<&str>) -> Result<Vec<u8>, ApiError> {
-    match pointer {
-        None => serde_json::to_vec(&WholeRef {
-            serial: config.serial(),
-            lsn: config.lsn(),
-            config: config.doc(),
-        })
-        .map_err(internal),
-        Some(p) => render_value(config.serial(), p, config.get(p)),
-    }
+    value: Node,
 }
 
 /// The response body of a read of the value at `pointer`, already looked
 /// up (`None`: there is none).
 fn render_value(serial: u64, pointer: &str, value: Option<&Node>) -> Result<Vec<u8>, ApiError> {
-    match value {
-        Some(value) => serde_json::to_vec(&ValueRef { serial, value }).map_err(internal),
-        None => Err(ApiError::not_found(format!(
-            "no config value at {pointer:?}"
-        ))),
-    }
+    let value = value.ok_or_else(|| no_value(pointer))?.clone();
+    serde_json::to_vec(&ValueBody { serial, value }).map_err(internal)
+}
+
+fn no_value(pointer: &str) -> ApiError {
+    ApiError::not_found(format!("no config value at {pointer:?}"))
 }
 
 fn internal(e: serde_json::Error) -> ApiError {
@@ -117,11 +117,28 @@ impl Handler<GetConfig> for ConfigActor {
     fn handle(&mut self, msg: GetConfig, _ctx: &mut Self::Context) {
         // O(1), and lets go of the channel before the (maybe long) encoding.
         let config = self.config.borrow().clone();
-        let body = render(&config, msg.pointer.as_deref());
-        let wait = self.wal.wait_durable(config.lsn());
+        let (serial, lsn) = (config.serial(), config.lsn());
+        // A missing value is an answer about the document too, so it waits
+        // for durability like any other.
+        let found = match msg.pointer.as_deref() {
+            None => Ok(None),
+            Some(p) => config.get(p).cloned().map(Some).ok_or_else(|| no_value(p)),
+        };
+        let wait = self.wal.wait_durable(lsn);
+        let encoders = self.encoders.clone();
         actix::spawn(async move {
-            let gate = wait.await.map(drop).map_err(durable_wait_failed);
-            let _ = msg.reply.send(gate.and(body));
+            let answer = match wait.await.map_err(durable_wait_failed).and(found) {
+                Err(e) => Err(e),
+                Ok(None) => Ok(encoders
+                    .stream(Whole {
+                        serial,
+                        lsn,
+                        config: config.doc().clone(),
+                    })
+                    .await),
+                Ok(Some(value)) => Ok(encoders.stream(ValueBody { serial, value }).await),
+            };
+            let _ = msg.reply.send(answer);
         });
     }
 }

@@ -3,7 +3,8 @@
 //! - `lock::LockActor` sequences every change: it owns [`crate::state::State`],
 //!   decides, applies in LSN order and queues each step's records in the log.
 //! - `config::ConfigActor` serves config reads from the document the lock
-//!   actor publishes on a `watch` channel.
+//!   actor publishes on a `watch` channel, streaming the large ones from
+//!   `stream::Encoders`.
 //! - `wal::WalActor` appends a step's records for the lock actor when the
 //!   log's queue is full, waiting for room on its own arbiter.
 //!
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod lock;
 pub mod mailbox;
+pub mod stream;
 pub mod wal;
 
 use std::sync::atomic::{AtomicBool, Ordering};

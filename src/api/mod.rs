@@ -279,7 +279,7 @@ async fn read_config(h: &Handles, pointer: Option<String>) -> Result<HttpRespons
     let body = ask(&h.config, |reply| GetConfig { pointer, reply }).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body))
+        .streaming(body))
 }
 
 async fn get_config(h: web::Data<Handles>) -> Result<HttpResponse, ApiError> {

@@ -899,3 +899,51 @@ fn lock_order_refuses_an_out_of_order_acquire_with_409() {
         .iter()
         .any(|h| h.name == "node/n2"));
 }
+
+#[test]
+fn large_reads_stream_whole_and_abandoned_ones_hold_up_nothing() {
+    // Invariant: a whole-document read and a read of a value over the
+    // inline limit come back streamed (chunked) and whole: they parse and
+    // show every change. Readers that hang up mid-body, more of them than
+    // there are encoders, do not hold up the next read.
+    use std::io::Write;
+    use wconf::actors::stream::ENCODERS_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), &[]);
+    let text = "x".repeat(1 << 20);
+    d.client
+        .txn(&txn(
+            json!([{"op": "add", "path": "/big", "value": {}}]),
+            None,
+        ))
+        .unwrap();
+    for i in 0..12 {
+        let path = format!("/big/k{i}");
+        let patch = json!([{"op": "add", "path": path, "value": text}]);
+        d.client.txn(&txn(patch, None)).unwrap();
+    }
+    let whole = format!("{}/v1/config", d.base);
+    let value = format!("{}/v1/config/big", d.base);
+    for (url, field) in [(&whole, "/config/big"), (&value, "/value")] {
+        let r = ureq::get(url).call().unwrap();
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{url}");
+        let body: Value = serde_json::from_reader(r.into_reader()).unwrap();
+        let big = body.pointer(field).and_then(Value::as_object).unwrap();
+        assert_eq!(big.len(), 12, "{url}");
+        assert!(big.values().all(|v| v.as_str() == Some(text.as_str())));
+    }
+
+    let addr = d.base.trim_start_matches("http://");
+    for _ in 0..ENCODERS_MAX + 2 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /v1/config HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut head = [0u8; 512];
+        assert!(s.read(&mut head).unwrap() > 0);
+    }
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(20))
+        .build();
+    let body: Value = agent.get(&whole).call().unwrap().into_json().unwrap();
+    assert_eq!(body["config"]["big"].as_object().unwrap().len(), 12);
+}
