@@ -805,12 +805,18 @@ pub(crate) fn unix_http(path: &Path, request: &str) -> (u16, Value) {
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        // One chunk: size line, data, then the last chunk.
-        body.split_once("\r\n")
-            .map_or("", |(_, rest)| rest)
-            .rsplit_once("\r\n0\r\n")
-            .map_or("", |(data, _)| data)
-            .to_string()
+        // Chunks: a hex size line, that many bytes and CRLF, until size 0.
+        let mut data = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size, 16).expect("a chunk size");
+            if size == 0 {
+                break;
+            }
+            data.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        data
     } else {
         body.to_string()
     };
