@@ -121,17 +121,25 @@ impl ChunkWriter {
     /// Sends what is left, then the end.
     fn finish(mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.send_buffered()?;
+            let last = std::mem::take(&mut self.buf);
+            self.send(Chunk::Data(Bytes::from(last)))?;
         }
         self.send(Chunk::Done)
     }
 }
 
 impl io::Write for ChunkWriter {
+    /// Takes all of `data`, cut into chunks of exactly `CHUNK_BYTES`, so a
+    /// long string in the document does not make one long chunk.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK_BYTES {
-            self.send_buffered()?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = rest.len().min(CHUNK_BYTES - self.buf.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == CHUNK_BYTES {
+                self.send_buffered()?;
+            }
         }
         Ok(data.len())
     }
@@ -188,16 +196,21 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_body_streams_in_chunks_and_equals_the_encoding() {
         // Invariant: the chunks, in order, are exactly serde_json's encoding,
-        // none over CHUNK_BYTES plus one write, and the body ends cleanly.
-        let value: Vec<String> = (0..20_000).map(|i| format!("value {i}")).collect();
+        // every one but the last exactly CHUNK_BYTES (a string longer than
+        // a chunk included), and the body ends cleanly.
+        let mut value: Vec<String> = (0..20_000).map(|i| format!("value {i}")).collect();
+        value.push("x".repeat(3 * CHUNK_BYTES + 5));
         let body = Encoders::default().stream(value.clone()).await;
-        let items = drain(body).await;
-        assert!(items.len() > 2, "{} chunks", items.len());
-        let mut text = Vec::new();
-        for item in items {
-            text.extend_from_slice(&item.expect("no error"));
-        }
-        assert_eq!(text, serde_json::to_vec(&value).unwrap());
+        let chunks: Vec<Bytes> = drain(body)
+            .await
+            .into_iter()
+            .map(|item| item.expect("no error"))
+            .collect();
+        assert!(chunks.len() > 5, "{} chunks", chunks.len());
+        let (last, full) = chunks.split_last().unwrap();
+        assert!(full.iter().all(|c| c.len() == CHUNK_BYTES));
+        assert!(!last.is_empty() && last.len() <= CHUNK_BYTES);
+        assert_eq!(chunks.concat(), serde_json::to_vec(&value).unwrap());
     }
 
     #[tokio::test(flavor = "current_thread")]
