@@ -89,17 +89,18 @@ struct Whole {
     config: Node,
 }
 
-/// The body of a read of one value.
+/// The body of a read of one value: `N` is `&Node` where it is encoded at
+/// once, `Node` (an O(1) clone) where an encoder thread takes it.
 #[derive(Serialize)]
-struct ValueBody {
+struct ValueBody<N> {
     serial: u64,
-    value: Node,
+    value: N,
 }
 
 /// The response body of a read of the value at `pointer`, already looked
 /// up (`None`: there is none).
 fn render_value(serial: u64, pointer: &str, value: Option<&Node>) -> Result<Vec<u8>, ApiError> {
-    let value = value.ok_or_else(|| no_value(pointer))?.clone();
+    let value = value.ok_or_else(|| no_value(pointer))?;
     serde_json::to_vec(&ValueBody { serial, value }).map_err(internal)
 }
 
