@@ -968,8 +968,10 @@ impl Handler<CloseSession> for LockActor {
                 released: true,
                 lsn,
             });
-        step.answers.push(answer(m.reply, result));
+        // The waiters this frees are answered first: the next holder's grant
+        // is on the hand-off's critical path, this caller's answer is not.
         self.wake(&mut step);
+        step.answers.push(answer(m.reply, result));
         self.finish(step, ctx);
     }
 }
@@ -1137,8 +1139,10 @@ impl Handler<Release> for LockActor {
                 lsn: applied.lsn,
             })
         })();
-        step.answers.push(answer(m.reply, result));
+        // The waiters this frees are answered first: the next holder's grant
+        // is on the hand-off's critical path, this caller's answer is not.
         self.wake(&mut step);
+        step.answers.push(answer(m.reply, result));
         self.finish(step, ctx);
     }
 }
@@ -1222,10 +1226,11 @@ impl Handler<Write> for LockActor {
             let applied = self.apply_parsed(&mut step, record, Some(&ops))?;
             write_outcome(applied.outcome.ok_or_else(missing_outcome)?)
         })();
-        step.answers.push(answer(m.reply, result));
+        // As for a release: the next holder hears first.
         if m.release {
             self.wake(&mut step);
         }
+        step.answers.push(answer(m.reply, result));
         self.finish(step, ctx);
     }
 }
