@@ -15,6 +15,14 @@ use crate::failpoints::failpoint;
 use crate::state::State;
 use crate::wal::Wal;
 
+/// How much the snapshot writer's nice value is above the daemon's.
+/// Encoding a large document takes a core for a second or more; requests
+/// must not queue behind it on a machine with few cores. 10 above leaves the
+/// thread about a tenth of a core that request threads also want (CFS
+/// weights 110 against 1024) and all of any core they leave idle, so a
+/// snapshot always finishes.
+pub const SNAPSHOT_NICE_INCREMENT: i32 = 10;
+
 /// What a finished snapshot reports.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -51,6 +59,7 @@ impl SnapshotWriter {
         let thread = std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
+                lower_priority(SNAPSHOT_NICE_INCREMENT);
                 for job in rx {
                     let lsn = job.state.applied_lsn();
                     let result = run(&wal, job.state);
@@ -84,6 +93,24 @@ impl Drop for SnapshotWriter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Raises this thread's nice value by `increment` (the kernel caps it at
+/// 19). On Linux nice(2) changes the calling thread alone. Failing leaves
+/// the thread at the daemon's priority, which costs request latency, not
+/// correctness.
+fn lower_priority(increment: i32) {
+    nix::errno::Errno::clear();
+    // SAFETY: a plain system call; no memory is passed.
+    let rc = unsafe { nix::libc::nice(increment) };
+    // -1 is also a valid nice value: only errno tells a failure.
+    if rc == -1 && nix::errno::Errno::last_raw() != 0 {
+        tracing::warn!(
+            increment,
+            error = %std::io::Error::last_os_error(),
+            "could not lower the snapshot writer's priority"
+        );
     }
 }
 

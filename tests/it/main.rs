@@ -35,7 +35,8 @@
 //!   directory; a second signal exits at once; READY=1 and STOPPING=1 reach
 //!   `NOTIFY_SOCKET`.
 //! - `snapshots`: `POST /v1/admin/snapshot`, segment collection, restart
-//!   from a snapshot, fallback from a corrupt one, and refusals.
+//!   from a snapshot, fallback from a corrupt one, refusals, and the
+//!   snapshot writer's lower priority.
 //! - `race`: the seed's race, lock and write-with-release under 200 SIGKILLs.
 //! - `wconfctl`: the CLI against the real `wconfd`: its flows, JSON output
 //!   and exit codes.

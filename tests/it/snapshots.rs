@@ -1,7 +1,8 @@
 //! Snapshots and start-up against the real `wconfd`: the admin endpoint,
 //! segment collection, restart from a snapshot after SIGKILL, fallback from
-//! a corrupt newest snapshot, the refusal when nothing valid is left, and
-//! `/healthz` while a long recovery runs.
+//! a corrupt newest snapshot, the refusal when nothing valid is left,
+//! `/healthz` while a long recovery runs, and the snapshot writer's nice
+//! value.
 
 use std::path::{Path, PathBuf};
 
@@ -276,4 +277,64 @@ fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
         }
     }
     Kill(child)
+}
+
+/// Each thread of process `pid`, as (name, nice value), from /proc; a
+/// thread that exits while it is read is left out.
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue;
+        };
+        // The name in `stat` may hold spaces; the fields after its closing
+        // parenthesis start at field 3, so field 19 (nice) is index 16.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push((name.trim().to_string(), fields[16].parse().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn the_snapshot_writer_runs_below_the_request_threads() {
+    // Invariant: the snapshot writer thread runs SNAPSHOT_NICE_INCREMENT
+    // above the daemon's nice value, so encoding a large document yields
+    // the CPU to requests; every other thread keeps the daemon's own.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path(), ARGS);
+    // A new thread names itself, and then lowers its priority, once it
+    // runs: poll until both are done, with a deadline.
+    let pid = d.child.id();
+    let own = thread_nice(pid)
+        .into_iter()
+        .find(|(name, _)| name == "wconfd")
+        .expect("the main thread")
+        .1;
+    let want = (own + i64::from(wconf::snapshot::writer::SNAPSHOT_NICE_INCREMENT)).min(19);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let threads = loop {
+        let threads = thread_nice(pid);
+        let snapshot: Vec<i64> = threads
+            .iter()
+            .filter(|(name, _)| name == "snapshot-writer")
+            .map(|(_, nice)| *nice)
+            .collect();
+        if snapshot == [want] {
+            break threads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot-writer thread at nice {want}: {threads:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    for (name, nice) in &threads {
+        if name != "snapshot-writer" {
+            assert_eq!(*nice, own, "{name} in {threads:?}");
+        }
+    }
 }
