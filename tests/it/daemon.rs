@@ -15,6 +15,22 @@ use wconf::client::{Client, ClientError};
 /// Attempts to start when the free port picked was taken in between.
 const START_ATTEMPTS: usize = 5;
 
+/// How long [`eventually`] waits for its condition.
+const EVENTUALLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Polls `cond` until it holds, failing the test after
+/// [`EVENTUALLY_PATIENCE`].
+pub(crate) fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + EVENTUALLY_PATIENCE;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub(crate) struct Daemon {
     pub(crate) child: Child,
     pub(crate) client: Client,

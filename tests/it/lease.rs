@@ -16,20 +16,10 @@ use wconf::api::types::*;
 use wconf::client::{Client, ClientError};
 use wconf::state::sessions::TTL_MS_MIN;
 
-use crate::daemon::{acquire, lock, start, write};
+use crate::daemon::{acquire, eventually, lock, start, write};
 
-/// How long a poll may wait for the daemon before the test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
 /// How long the waiting acquires of these tests may wait.
 const WAIT_MS: u64 = 30_000;
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn open(c: &Client, name: &str, ttl_ms: u64) -> String {
     c.create_session(Some(name), ttl_ms).unwrap().session
@@ -110,20 +100,20 @@ fn an_idle_session_loses_its_locks_and_waits_and_waiters_go_by_priority_then_fif
     c.acquire(&acquire(&other, vec![lock("y", Mode::Exclusive)], None))
         .unwrap();
     let idle_wait = wait_for(&d.base, &idle, "y", 0);
-    wait_until("idle's wait", || waiters(c).len() == 1);
+    eventually("idle's wait", || waiters(c).len() == 1);
 
     // B then D at priority 0, then C more urgent: the queue is C, B, D.
     let [b, cc, dd] = ["b", "c", "d"].map(|n| open(c, n, 60_000));
     let wait_b = wait_for(&d.base, &b, "x", 0);
-    wait_until("b's wait", || waiters(c).len() == 2);
+    eventually("b's wait", || waiters(c).len() == 2);
     let wait_d = wait_for(&d.base, &dd, "x", 0);
-    wait_until("d's wait", || waiters(c).len() == 3);
+    eventually("d's wait", || waiters(c).len() == 3);
     let wait_c = wait_for(&d.base, &cc, "x", -5);
-    wait_until("c's wait", || waiters(c).len() == 4);
+    eventually("c's wait", || waiters(c).len() == 4);
     let queue: Vec<String> = waiters(c).into_iter().filter(|w| *w != idle).collect();
     assert_eq!(queue, [cc.clone(), b.clone(), dd.clone()]);
 
-    wait_until("the idle session to expire", || !is_open(c, &idle));
+    eventually("the idle session to expire", || !is_open(c, &idle));
     assert!(
         before_open.elapsed() >= Duration::from_millis(TTL_MS_MIN),
         "the lease ended before its TTL"
@@ -171,7 +161,7 @@ fn after_a_restart_every_lease_gets_a_full_ttl_of_grace() {
     d.kill();
     // The daemon is down for longer than either TTL.
     let down = Instant::now();
-    wait_until("both TTLs to pass while the daemon is down", || {
+    eventually("both TTLs to pass while the daemon is down", || {
         down.elapsed() > Duration::from_millis(ttl_keeper_ms + 500)
     });
 
@@ -190,7 +180,7 @@ fn after_a_restart_every_lease_gets_a_full_ttl_of_grace() {
         std::thread::sleep(Duration::from_millis(ttl_keeper_ms / 10));
     }
     // The idle one got its grace, then expired.
-    wait_until("the idle session to expire", || !is_open(c, &idle));
+    eventually("the idle session to expire", || !is_open(c, &idle));
     assert!(before_start.elapsed() >= Duration::from_millis(TTL_MS_MIN));
     assert!(holders(c, "i").is_empty());
     assert_eq!(holders(c, "k"), [keeper]);
@@ -214,7 +204,7 @@ fn a_write_from_an_expired_session_answers_lock_was_held_false_and_changes_nothi
     assert!(g.granted);
     let mut applied = 0u64;
     let mut refused = None;
-    wait_until("the writer's lease to run out", || {
+    eventually("the writer's lease to run out", || {
         let patch = json!([{"op": "add", "path": format!("/w{applied}"), "value": applied}]);
         let w = c.write(&write(&s, patch, false, None)).unwrap();
         if w.applied {

@@ -18,7 +18,7 @@ use wconf::api::types::*;
 use wconf::client::{Client, ClientError};
 use wconf::server::exit;
 
-use crate::daemon::{acquire, command, lock, session, start, start_with};
+use crate::daemon::{acquire, command, eventually, lock, session, start, start_with};
 
 /// A bound on failure, never a synchronisation: how long a test waits for
 /// something that should happen within milliseconds.
@@ -37,15 +37,6 @@ fn exited(child: &mut Child) -> ExitStatus {
         }
         assert!(Instant::now() < deadline, "wconfd did not exit");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Polls `cond` until it holds, failing the test after [`PATIENCE`].
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use wconf::api::types::*;
 
-use crate::daemon::{refused, start, Daemon};
+use crate::daemon::{eventually, refused, start, Daemon};
 
 /// Small segments and no automatic snapshots, so a test decides when
 /// snapshots happen and a few hundred records span several segments.
@@ -315,23 +315,16 @@ fn the_snapshot_writer_runs_below_the_request_threads() {
         .expect("the main thread")
         .1;
     let want = (own + i64::from(wconf::snapshot::writer::SNAPSHOT_NICE_INCREMENT)).min(19);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let threads = loop {
-        let threads = thread_nice(pid);
+    let mut threads = Vec::new();
+    eventually(&format!("a snapshot-writer thread at nice {want}"), || {
+        threads = thread_nice(pid);
         let snapshot: Vec<i64> = threads
             .iter()
             .filter(|(name, _)| name == "snapshot-writer")
             .map(|(_, nice)| *nice)
             .collect();
-        if snapshot == [want] {
-            break threads;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no snapshot-writer thread at nice {want}: {threads:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+        snapshot == [want]
+    });
     for (name, nice) in &threads {
         if name != "snapshot-writer" {
             assert_eq!(*nice, own, "{name} in {threads:?}");
