@@ -189,7 +189,6 @@ pub fn replay_onto(
     let from = state.applied_lsn();
     let records = recovered.report.last_lsn.saturating_sub(from);
     progress.start_replay(records, recovered.report.bytes);
-    state.begin_replay(records);
     for frame in recovered.records_after(from) {
         let frame = frame.map_err(ReplayError::Wal)?;
         failpoint!("replay::record::before");
@@ -200,7 +199,6 @@ pub fn replay_onto(
         stats.skipped += u64::from(kind::name(frame.kind).is_none());
         progress.replayed(frame.header.padded_len() as u64);
     }
-    state.end_replay();
     progress.finish_replay();
     Ok((state, stats))
 }

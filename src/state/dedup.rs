@@ -22,8 +22,8 @@
 //! first, which a client retrying promptly never notices. Eviction happens
 //! in `apply`, so replay forgets exactly what the live daemon forgot.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,184 +101,133 @@ pub fn entry_bytes(request_id: &str, outcome: &Outcome) -> usize {
 /// Where an entry lives: a session's bucket, or (None) the transactions'.
 type BucketKey = Option<SessionId>;
 
-/// Writes one representation of the table's entries: a FIFO per bucket, each
-/// entry carrying its table-wide arrival number (its age) so the table can
-/// find its oldest entry overall, and an age-ordered index of all entries.
-/// The id is one allocation shared by a bucket's queue and its map.
+/// Slots per chunk of a bucket's queue (65,536 transaction ids are 64
+/// chunks). A copy of the table clones one `Arc` per chunk, on the lock
+/// actor, and each is a cache miss: at 256 slots (256 chunks) the hand-over
+/// took 8-113 µs per snapshot in `benches/run-big-config.sh`, against
+/// 8-15 µs before. Larger chunks cost nothing while unshared (a chunk grows
+/// by doubling, and removed slots are compacted, see [`Queue::pop_front`]);
+/// while a snapshot shares one, up to `CHUNK_SLOTS - 1` removed slots per
+/// bucket stay allocated until the snapshot is done.
+const CHUNK_SLOTS: usize = 1_024;
+
+/// One remembered request, with its table-wide arrival number (its age).
+#[derive(Clone, Debug)]
+struct Slot {
+    age: u64,
+    id: Arc<str>,
+    outcome: Outcome,
+}
+
+/// One bucket's entries, oldest first, in chunks that a copy of the table
+/// shares. Every removal from a bucket is its oldest entry (the per-bucket
+/// cap and the byte budget both evict oldest first) or the whole bucket (a
+/// closed session), so a queue only ever appends to its last chunk and
+/// consumes its first one:
+/// - appending writes the last chunk only while no copy shares it, and
+///   otherwise starts a new one;
+/// - removing advances `head` over the first chunk, and compacts it only
+///   while no copy shares it.
 ///
-/// Two representations with one text, so they cannot drift apart: the
-/// running daemon's is persistent (imbl), so a snapshot's copy is O(1) and
-/// never stalls the lock actor; replay owns its state alone and uses std
-/// collections, which make it about three times as fast (a restart with a
-/// long log spends most of its time here: `benches/snapshot_restart.rs`).
-macro_rules! dedup_tables {
-    ($name:ident, $bucket:ident, $map:ty, $sessions:ty, $fifo:ty, $by_age:ty) => {
-        #[derive(Clone, Debug, Default)]
-        struct $bucket {
-            order: $fifo,
-            outcomes: $map,
-        }
-
-        #[derive(Clone, Debug, Default)]
-        struct $name {
-            sessions: $sessions,
-            txn: $bucket,
-            /// Age -> bucket, for every entry: the table-wide FIFO.
-            by_age: $by_age,
-            next_age: u64,
-        }
-
-        impl $name {
-            fn bucket(&self, key: BucketKey) -> Option<&$bucket> {
-                match key {
-                    Some(s) => self.sessions.get(&s),
-                    None => Some(&self.txn),
-                }
-            }
-
-            fn lookup(&self, key: BucketKey, request_id: &str) -> Option<&Outcome> {
-                self.bucket(key)?.outcomes.get(request_id)
-            }
-
-            fn len(&self, key: BucketKey) -> usize {
-                self.bucket(key).map_or(0, |b| b.order.len())
-            }
-
-            fn entry_count(&self) -> usize {
-                self.by_age.len()
-            }
-
-            /// The bucket of the oldest entry of the whole table.
-            fn oldest(&self) -> Option<BucketKey> {
-                self.by_age.iter().next().map(|(_, key)| *key)
-            }
-
-            fn has_age(&self, age: u64) -> bool {
-                self.by_age.contains_key(&age)
-            }
-
-            /// Appends an entry (the caller evicts); answers its age.
-            fn push(&mut self, key: BucketKey, id: Arc<str>, outcome: Outcome) -> u64 {
-                let age = self.next_age;
-                self.next_age += 1;
-                let bucket = match key {
-                    Some(s) => self.sessions.entry(s).or_default(),
-                    None => &mut self.txn,
-                };
-                bucket.order.push_back((age, id.clone()));
-                bucket.outcomes.insert(id, outcome);
-                self.by_age.insert(age, key);
-                age
-            }
-
-            /// Takes the oldest entry of one bucket out (a session's bucket
-            /// left empty goes too).
-            fn pop_oldest_of(&mut self, key: BucketKey) -> Option<(Arc<str>, Outcome)> {
-                let bucket = match key {
-                    Some(s) => self.sessions.get_mut(&s),
-                    None => Some(&mut self.txn),
-                }?;
-                let (age, id) = bucket.order.pop_front()?;
-                let outcome = bucket
-                    .outcomes
-                    .remove(&id)
-                    .expect("order and outcomes agree");
-                let empty = bucket.order.is_empty();
-                self.by_age.remove(&age);
-                if let (Some(s), true) = (key, empty) {
-                    self.sessions.remove(&s);
-                }
-                Some((id, outcome))
-            }
-
-            /// Drops a session's bucket; answers the bytes it was charged.
-            fn drop_session(&mut self, session: SessionId) -> usize {
-                let Some(bucket) = self.sessions.remove(&session) else {
-                    return 0;
-                };
-                let mut freed = 0;
-                for (age, id) in &bucket.order {
-                    self.by_age.remove(age);
-                    freed += entry_bytes(id, &bucket.outcomes[&**id]);
-                }
-                freed
-            }
-
-            /// Every entry, oldest first over the whole table.
-            fn entries(&self) -> Vec<(BucketKey, &str, &Outcome)> {
-                // Each bucket's order is a subsequence of the table-wide
-                // one, so a cursor per bucket finds every entry in order.
-                let mut cursors: HashMap<BucketKey, usize> = HashMap::new();
-                self.by_age
-                    .iter()
-                    .map(|(age, key)| {
-                        let bucket = self.bucket(*key).expect("by_age names live buckets");
-                        let cursor = cursors.entry(*key).or_default();
-                        let (entry_age, id) = &bucket.order[*cursor];
-                        assert_eq!(entry_age, age, "bucket order follows table order");
-                        *cursor += 1;
-                        (*key, &**id, &bucket.outcomes[&**id])
-                    })
-                    .collect()
-            }
-
-            fn sessions(&self) -> Vec<SessionId> {
-                self.sessions.keys().copied().collect()
-            }
-
-            /// The same entries in the same order, in this representation.
-            fn rebuilt(entries: Vec<(BucketKey, &str, &Outcome)>) -> $name {
-                let mut t = $name::default();
-                for (key, id, outcome) in entries {
-                    t.push(key, id.into(), outcome.clone());
-                }
-                t
-            }
-        }
-    };
+/// So after a snapshot's copy neither side ever copies a chunk: the cost of
+/// the copy is the chunk list, and the memory it pins is what the snapshot
+/// holds anyway. (The persistent maps used before copied a path of nodes on
+/// every change after a copy, until the live table had duplicated itself:
+/// tens of MiB and most of the p99 under snapshots; see benches/README.md.)
+#[derive(Clone, Debug, Default)]
+struct Queue {
+    /// Never an empty chunk; `head < chunks[0].len()`.
+    chunks: VecDeque<Arc<Vec<Slot>>>,
+    /// Slots of `chunks[0]` already removed.
+    head: usize,
+    len: usize,
 }
 
-dedup_tables!(
-    Shared,
-    SharedBucket,
-    imbl::HashMap<Arc<str>, Outcome>,
-    imbl::OrdMap<SessionId, SharedBucket>,
-    imbl::Vector<(u64, Arc<str>)>,
-    imbl::OrdMap<u64, BucketKey>
-);
-dedup_tables!(
-    Owned,
-    OwnedBucket,
-    HashMap<Arc<str>, Outcome>,
-    HashMap<SessionId, OwnedBucket>,
-    VecDeque<(u64, Arc<str>)>,
-    BTreeMap<u64, BucketKey>
-);
-
-#[derive(Clone, Debug)]
-enum Tables {
-    Shared(Shared),
-    Owned(Owned),
-}
-
-/// Runs `$body` on whichever representation `$tables` holds, as `$t`.
-macro_rules! each {
-    ($tables:expr, $t:ident => $body:expr) => {
-        match $tables {
-            Tables::Shared($t) => $body,
-            Tables::Owned($t) => $body,
+impl Queue {
+    fn push(&mut self, slot: Slot) {
+        match self.chunks.back_mut().and_then(Arc::get_mut) {
+            Some(last) if last.len() < CHUNK_SLOTS => last.push(slot),
+            _ => self.chunks.push_back(Arc::new(vec![slot])),
         }
-    };
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<&Slot> {
+        self.chunks.front().map(|c| &c[self.head])
+    }
+
+    fn back(&self) -> Option<&Slot> {
+        self.chunks.back().and_then(|c| c.last())
+    }
+
+    /// Removes the oldest entry; answers its id and the bytes it was charged.
+    /// Removed slots stay in the first chunk until it is used up, or until
+    /// they are half of it while no copy shares it: then they go (and the
+    /// chunk shrinks), so a bucket holds at most as many removed slots as
+    /// live ones in that chunk, plus whatever a snapshot in flight pins.
+    fn pop_front(&mut self) -> Option<(Arc<str>, usize)> {
+        let first = self.chunks.front_mut()?;
+        let slot = &first[self.head];
+        let popped = (slot.id.clone(), entry_bytes(&slot.id, &slot.outcome));
+        self.head += 1;
+        self.len -= 1;
+        if self.head == first.len() {
+            self.chunks.pop_front();
+            self.head = 0;
+        } else if let Some(chunk) = Arc::get_mut(first) {
+            if self.head * 2 >= chunk.len() {
+                chunk.drain(..self.head);
+                if chunk.capacity() >= 4 * chunk.len() {
+                    chunk.shrink_to(2 * chunk.len());
+                }
+                self.head = 0;
+            }
+        }
+        Some(popped)
+    }
+
+    /// The entry of `age`, by binary search (ages grow along the queue).
+    fn get(&self, age: u64) -> Option<&Slot> {
+        let chunk = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(|s| s.age < age));
+        let slots = self.chunks.get(chunk)?;
+        let from = if chunk == 0 { self.head } else { 0 };
+        let i = slots[from..].binary_search_by_key(&age, |s| s.age).ok()?;
+        Some(&slots[from + i])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        let head = self.head;
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, c)| &c[if i == 0 { head } else { 0 }..])
+    }
 }
 
-/// The table: persistent while the daemon serves (see `dedup_tables!`),
-/// owned std collections while replay builds it ([`Dedup::for_replay`]).
-#[derive(Clone, Debug)]
+/// Request id -> age, per bucket: what lookups use. Built only for a table
+/// that is looked up (the live one); a snapshot's copy never is.
+type Index = HashMap<BucketKey, HashMap<Arc<str>, u64>>;
+
+/// The table: a [`Queue`] per bucket, the age of each bucket's oldest entry
+/// (so the oldest of the whole table is the first of `heads`), and an id
+/// index that only the live table keeps. Persistent maps (imbl) hold one
+/// value per bucket, so a copy costs O(chunks) and no change to either side
+/// copies more than a path of per-bucket nodes.
+#[derive(Debug)]
 pub struct Dedup {
-    tables: Tables,
+    sessions: imbl::OrdMap<SessionId, Queue>,
+    txn: Queue,
+    /// Age of its oldest entry -> bucket, for every non-empty bucket.
+    heads: imbl::OrdMap<u64, BucketKey>,
+    next_age: u64,
+    entries: usize,
     /// Sum of `entry_bytes` over all entries.
     bytes: usize,
     bytes_max: usize,
+    /// Kept up to date once built; a clone starts without it.
+    index: OnceLock<Index>,
 }
 
 impl Default for Dedup {
@@ -287,9 +236,23 @@ impl Default for Dedup {
     }
 }
 
+/// A copy shares every chunk and leaves the index behind: O(chunks), which
+/// is what a snapshot's copy on the lock actor costs.
+impl Clone for Dedup {
+    fn clone(&self) -> Self {
+        Dedup {
+            sessions: self.sessions.clone(),
+            txn: self.txn.clone(),
+            heads: self.heads.clone(),
+            index: OnceLock::new(),
+            ..*self
+        }
+    }
+}
+
 /// Equal tables remember the same outcomes in the same table-wide order;
 /// the arrival numbers themselves are bookkeeping (a loaded snapshot
-/// renumbers them), and so is the representation.
+/// renumbers them).
 impl PartialEq for Dedup {
     fn eq(&self, other: &Self) -> bool {
         self.entries() == other.entries()
@@ -311,40 +274,43 @@ impl Dedup {
     /// [`DEDUP_BYTES_MAX`] (replay must forget what the live daemon forgot).
     pub(crate) fn with_bytes_max(bytes_max: usize) -> Self {
         Dedup {
-            tables: Tables::Shared(Shared::default()),
+            sessions: imbl::OrdMap::new(),
+            txn: Queue::default(),
+            heads: imbl::OrdMap::new(),
+            next_age: 0,
+            entries: 0,
             bytes: 0,
             bytes_max,
+            index: OnceLock::new(),
         }
     }
 
-    /// Switches to the owned representation, for a replay of `records`
-    /// records: O(entries), so only when the replay is long enough to win
-    /// it back (each record is at most one insert).
-    pub fn for_replay(&mut self, records: u64) {
-        if let Tables::Shared(t) = &self.tables {
-            if records >= 2 * self.entry_count() as u64 {
-                self.tables = Tables::Owned(Owned::rebuilt(t.entries()));
+    fn queue(&self, key: BucketKey) -> Option<&Queue> {
+        match key {
+            Some(s) => self.sessions.get(&s),
+            None => Some(&self.txn),
+        }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::new();
+            let buckets = self.sessions.iter().map(|(s, q)| (Some(*s), q));
+            for (key, queue) in buckets.chain([(None, &self.txn)]) {
+                let ids = queue.iter().map(|s| (s.id.clone(), s.age)).collect();
+                index.insert(key, ids);
             }
-        }
-    }
-
-    /// Switches back to the persistent representation, which the running
-    /// daemon needs for O(1) snapshot copies. O(entries).
-    pub fn for_serving(&mut self) {
-        if let Tables::Owned(t) = &self.tables {
-            self.tables = Tables::Shared(Shared::rebuilt(t.entries()));
-        }
-    }
-
-    /// True in the persistent representation (what `clone` copies in O(1)).
-    pub fn is_shared(&self) -> bool {
-        matches!(self.tables, Tables::Shared(_))
+            index
+        })
     }
 
     /// The remembered outcome of `request_id` from `session` (None: the
     /// session-less transaction bucket).
     pub fn lookup(&self, session: Option<SessionId>, request_id: &str) -> Option<&Outcome> {
-        each!(&self.tables, t => t.lookup(session, request_id))
+        let age = *self.index().get(&session)?.get(request_id)?;
+        let slot = self.queue(session)?.get(age);
+        debug_assert!(slot.is_some(), "the index names live entries");
+        slot.map(|s| &s.outcome)
     }
 
     /// Checks that an outcome may be recorded: the id is well formed and not
@@ -377,34 +343,90 @@ impl Dedup {
         }
         self.bytes += entry_bytes(&request_id, &outcome);
         let id: Arc<str> = request_id.into();
-        let age = each!(&mut self.tables, t => t.push(session, id, outcome));
+        let age = self.next_age;
+        self.next_age += 1;
+        if let Some(index) = self.index.get_mut() {
+            index.entry(session).or_default().insert(id.clone(), age);
+        }
+        let queue = match session {
+            Some(s) => self.sessions.entry(s).or_default(),
+            None => &mut self.txn,
+        };
+        if queue.len == 0 {
+            self.heads.insert(age, session);
+        }
+        queue.push(Slot { age, id, outcome });
+        self.entries += 1;
         while self.bytes > self.bytes_max {
-            let Some(oldest) = each!(&self.tables, t => t.oldest()) else {
+            let Some((_, oldest)) = self.heads.get_min().copied() else {
                 break;
             };
             self.evict_oldest_of(oldest);
         }
         assert!(
-            each!(&self.tables, t => t.has_age(age)),
+            self.queue(session)
+                .and_then(Queue::back)
+                .is_some_and(|s| s.age == age),
             "an entry larger than the whole dedup budget"
         );
     }
 
+    /// Takes the oldest entry of one bucket out (a session's bucket left
+    /// empty goes too).
     fn evict_oldest_of(&mut self, key: BucketKey) {
-        if let Some((id, outcome)) = each!(&mut self.tables, t => t.pop_oldest_of(key)) {
-            self.bytes -= entry_bytes(&id, &outcome);
+        let queue = match key {
+            Some(s) => self.sessions.get_mut(&s),
+            None => Some(&mut self.txn),
+        };
+        let Some(queue) = queue else { return };
+        let Some(head) = queue.front().map(|s| s.age) else {
+            return;
+        };
+        let (id, bytes) = queue.pop_front().expect("a front to pop");
+        let next = queue.front().map(|s| s.age);
+        self.heads.remove(&head);
+        match (next, key) {
+            (Some(next), _) => {
+                self.heads.insert(next, key);
+            }
+            (None, Some(s)) => {
+                self.sessions.remove(&s);
+            }
+            (None, None) => {}
         }
+        if let Some(index) = self.index.get_mut() {
+            let ids = index.get_mut(&key).expect("an indexed bucket");
+            ids.remove(&id);
+            if ids.is_empty() && key.is_some() {
+                index.remove(&key);
+            }
+        }
+        self.entries -= 1;
+        self.bytes -= bytes;
     }
 
     /// Forgets a closed session's outcomes: its id will never be reused, so
     /// nobody can ask for them again.
     pub fn drop_session(&mut self, session: SessionId) {
-        self.bytes -= each!(&mut self.tables, t => t.drop_session(session));
+        let Some(queue) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(head) = queue.front() {
+            self.heads.remove(&head.age);
+        }
+        if let Some(index) = self.index.get_mut() {
+            index.remove(&Some(session));
+        }
+        self.entries -= queue.len;
+        self.bytes -= queue
+            .iter()
+            .map(|s| entry_bytes(&s.id, &s.outcome))
+            .sum::<usize>();
     }
 
     /// The number of outcomes remembered for `session` (None: transactions).
     pub fn len(&self, session: Option<SessionId>) -> usize {
-        each!(&self.tables, t => t.len(session))
+        self.queue(session).map_or(0, |q| q.len)
     }
 
     /// The bytes charged for everything remembered (see [`entry_bytes`]).
@@ -414,18 +436,27 @@ impl Dedup {
 
     /// The sessions with remembered outcomes, for snapshot validation.
     pub(super) fn sessions(&self) -> Vec<SessionId> {
-        each!(&self.tables, t => t.sessions())
+        self.sessions.keys().copied().collect()
     }
 
     /// Every entry, oldest first over the whole table: the persisted form,
     /// so both the per-bucket and the table-wide eviction order survive.
     fn entries(&self) -> Vec<(BucketKey, &str, &Outcome)> {
-        each!(&self.tables, t => t.entries())
+        let buckets = self.sessions.iter().map(|(s, q)| (Some(*s), q));
+        let mut all: Vec<(u64, BucketKey, &Slot)> = buckets
+            .chain([(None, &self.txn)])
+            .flat_map(|(key, queue)| queue.iter().map(move |s| (s.age, key, s)))
+            .collect();
+        // Each bucket is one ascending run, which the stable sort merges.
+        all.sort_by_key(|(age, ..)| *age);
+        all.into_iter()
+            .map(|(_, key, s)| (key, &*s.id, &s.outcome))
+            .collect()
     }
 
     /// Entries remembered over the whole table.
     pub fn entry_count(&self) -> usize {
-        each!(&self.tables, t => t.entry_count())
+        self.entries
     }
 }
 
@@ -657,95 +688,213 @@ mod tests {
         assert_eq!(d.entry_count(), REQUESTS_PER_SESSION_MAX);
     }
 
-    /// One step of the representation-equivalence property.
+    /// The table's rules stated as plainly as possible: every entry in one
+    /// list, oldest first.
+    #[derive(Clone, Debug)]
+    struct Model {
+        entries: VecDeque<(BucketKey, String, Outcome)>,
+        bytes: usize,
+        bytes_max: usize,
+    }
+
+    impl Model {
+        fn remove(&mut self, i: usize) {
+            let (_, id, o) = self.entries.remove(i).unwrap();
+            self.bytes -= entry_bytes(&id, &o);
+        }
+
+        fn insert(&mut self, key: BucketKey, id: String, outcome: Outcome) {
+            let max = match key {
+                Some(_) => REQUESTS_PER_SESSION_MAX,
+                None => TXN_REQUESTS_MAX,
+            };
+            if self.entries.iter().filter(|e| e.0 == key).count() >= max {
+                let first = self.entries.iter().position(|e| e.0 == key).unwrap();
+                self.remove(first);
+            }
+            self.bytes += entry_bytes(&id, &outcome);
+            self.entries.push_back((key, id, outcome));
+            while self.bytes > self.bytes_max {
+                self.remove(0);
+            }
+        }
+    }
+
+    /// One step of the model property, on table `table` (modulo how many
+    /// there are).
     #[derive(Debug, Clone)]
     enum Step {
         Insert {
+            table: usize,
             session: Option<u8>,
             id: u8,
             names: usize,
         },
-        DropSession(u8),
-        /// Switch the second table's representation (replay ends, or a
-        /// new replay starts).
-        Switch,
+        /// Many inserts with fresh ids, to fill chunks.
+        Burst {
+            table: usize,
+            session: Option<u8>,
+            n: usize,
+        },
+        DropSession {
+            table: usize,
+            session: u8,
+        },
+        /// A snapshot's copy, which goes on changing independently.
+        Copy {
+            table: usize,
+        },
+        /// A snapshot written and loaded.
+        RoundTrip {
+            table: usize,
+        },
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         use proptest::prelude::*;
         prop_oneof![
-            8 => (proptest::option::of(0u8..4), 0u8..40, 0usize..3)
-                .prop_map(|(session, id, names)| Step::Insert { session, id, names }),
-            1 => (0u8..4).prop_map(Step::DropSession),
-            1 => Just(Step::Switch),
+            16 => (0usize..4, proptest::option::of(0u8..4), 0u8..60, 0usize..3).prop_map(
+                |(table, session, id, names)| Step::Insert { table, session, id, names }
+            ),
+            2 => (0usize..4, proptest::option::of(0u8..4), 0usize..1_200).prop_map(
+                |(table, session, n)| Step::Burst { table, session, n }
+            ),
+            1 => (0usize..4, 0u8..4).prop_map(|(table, session)| Step::DropSession { table, session }),
+            1 => (0usize..4).prop_map(|table| Step::Copy { table }),
+            1 => (0usize..4).prop_map(|table| Step::RoundTrip { table }),
         ]
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
-        fn owned_and_shared_tables_behave_alike(
-            steps in proptest::collection::vec(step(), 1..300),
-            budget_entries in 3usize..30,
+        fn the_table_behaves_like_one_list_and_copies_are_independent(
+            steps in proptest::collection::vec(step(), 1..100),
+            budget_entries in 3usize..2_500,
         ) {
-            // Invariant: replay's owned representation and the daemon's
-            // persistent one remember and forget exactly the same entries,
-            // in the same order, with the same byte charge, whatever the
-            // inserts, session drops, bucket limits, byte-budget evictions
-            // and switches between them.
+            // Invariant: whatever the inserts, session drops, byte-budget
+            // evictions, copies (sharing chunks) and snapshot round trips,
+            // each table remembers exactly what the one-list model does, in
+            // the same order with the same charge, answers the same lookups,
+            // and changing one copy never changes another.
             let budget = budget_entries * entry_bytes("id00", &granted(1));
-            let mut shared = Dedup::with_bytes_max(budget);
-            let mut other = Dedup::with_bytes_max(budget);
-            other.for_replay(u64::MAX);
-            proptest::prop_assert!(!other.is_shared());
+            let mut tables = vec![(
+                Dedup::with_bytes_max(budget),
+                Model { entries: VecDeque::new(), bytes: 0, bytes_max: budget },
+            )];
+            let mut fresh = 0u64;
             for step in steps {
                 match step {
-                    Step::Insert { session, id, names } => {
+                    Step::Insert { table, session, id, names } => {
+                        let n = tables.len();
+                        let (d, m) = &mut tables[table % n];
                         let session = session.map(|s| SessionId(s.into()));
                         let id = format!("id{id:02}");
-                        let outcome = granted(names);
-                        let a = shared.check_insert(session, &id);
-                        proptest::prop_assert_eq!(&a, &other.check_insert(session, &id));
-                        if a.is_ok() {
-                            shared.insert(session, id.clone(), outcome.clone());
-                            other.insert(session, id, outcome);
+                        let known = m.entries.iter().any(|e| e.0 == session && e.1 == id);
+                        proptest::prop_assert_eq!(d.check_insert(session, &id).is_err(), known);
+                        if !known {
+                            d.insert(session, id.clone(), granted(names));
+                            m.insert(session, id, granted(names));
                         }
                     }
-                    Step::DropSession(s) => {
-                        shared.drop_session(SessionId(s.into()));
-                        other.drop_session(SessionId(s.into()));
+                    Step::Burst { table, session, n } => {
+                        let count = tables.len();
+                        let (d, m) = &mut tables[table % count];
+                        let session = session.map(|s| SessionId(s.into()));
+                        for _ in 0..n {
+                            fresh += 1;
+                            d.insert(session, format!("b{fresh}"), released(fresh));
+                            m.insert(session, format!("b{fresh}"), released(fresh));
+                        }
                     }
-                    Step::Switch => match other.is_shared() {
-                        true => other.for_replay(u64::MAX),
-                        false => other.for_serving(),
-                    },
+                    Step::DropSession { table, session } => {
+                        let n = tables.len();
+                        let (d, m) = &mut tables[table % n];
+                        d.drop_session(SessionId(session.into()));
+                        m.entries.retain(|e| e.0 != Some(SessionId(session.into())));
+                        m.bytes = m.entries.iter().map(|(_, id, o)| entry_bytes(id, o)).sum();
+                    }
+                    Step::Copy { table } => {
+                        let copy = tables[table % tables.len()].clone();
+                        tables.push(copy);
+                    }
+                    Step::RoundTrip { table } => {
+                        let n = tables.len();
+                        let (d, _) = &mut tables[table % n];
+                        let mut back: Dedup = decode(&encode(&*d).unwrap()).unwrap();
+                        back.bytes_max = d.bytes_max;
+                        *d = back;
+                    }
                 }
-                proptest::prop_assert_eq!(shared.entries(), other.entries());
-                proptest::prop_assert_eq!(shared.bytes(), other.bytes());
-                proptest::prop_assert!(shared.bytes() <= budget);
-                for s in [None, Some(SessionId(0)), Some(SessionId(1))] {
-                    proptest::prop_assert_eq!(shared.len(s), other.len(s));
+                for (d, m) in &tables {
+                    let want: Vec<_> = m.entries.iter().map(|(k, id, o)| (*k, &**id, o)).collect();
+                    proptest::prop_assert_eq!(d.entries(), want);
+                    proptest::prop_assert_eq!(d.bytes(), m.bytes);
+                    proptest::prop_assert!(d.bytes() <= budget);
+                    proptest::prop_assert_eq!(d.entry_count(), m.entries.len());
+                    for s in [None, Some(SessionId(0)), Some(SessionId(1))] {
+                        let n = m.entries.iter().filter(|e| e.0 == s).count();
+                        proptest::prop_assert_eq!(d.len(s), n);
+                    }
+                    for (k, id, o) in &m.entries {
+                        proptest::prop_assert_eq!(d.lookup(*k, id), Some(o));
+                    }
+                    proptest::prop_assert_eq!(d.lookup(None, "absent"), None);
                 }
             }
         }
     }
 
     #[test]
-    fn replay_switches_only_when_the_replay_outweighs_the_table() {
-        // Invariant: switching costs O(entries), so a short replay onto a
-        // large table keeps the persistent form; a long one switches; and
-        // either way the table is unchanged.
+    fn a_copy_shares_chunks_and_changes_copy_none() {
+        // Invariant: a copy costs one pointer per chunk, and after it the
+        // live table's appends and evictions write no chunk the copy holds
+        // (the point of the layout: no copy-on-write after a snapshot).
         let mut d = Dedup::default();
-        for i in 0..100 {
+        for i in 0..10 * CHUNK_SLOTS as u64 {
             d.insert(None, format!("t{i}"), released(i));
         }
-        let before = d.clone();
-        d.for_replay(199);
-        assert!(d.is_shared());
-        d.for_replay(200);
-        assert!(!d.is_shared());
-        assert_eq!(d, before);
-        d.for_serving();
-        assert!(d.is_shared());
-        assert_eq!(d, before);
+        let copy = d.clone();
+        // The chunks the live table holds that are the copy's own.
+        let shared = |d: &Dedup| {
+            d.txn
+                .chunks
+                .iter()
+                .filter(|c| copy.txn.chunks.iter().any(|k| Arc::ptr_eq(c, k)))
+                .count()
+        };
+        assert_eq!(shared(&d), 10);
+        let evicted = 3 * CHUNK_SLOTS + CHUNK_SLOTS / 2;
+        for i in 0..evicted as u64 {
+            d.insert(None, format!("u{i}"), released(i));
+            d.evict_oldest_of(None);
+        }
+        // Three chunks used up, half of the fourth consumed in place, the
+        // rest untouched: seven still shared, none copied.
+        assert_eq!(shared(&d), 7);
+        assert_eq!(copy.entry_count(), 10 * CHUNK_SLOTS);
+        assert_eq!(copy.lookup(None, "t0"), Some(&released(0)));
+        assert_eq!(d.lookup(None, "t0"), None);
+        assert_eq!(
+            d.lookup(None, &format!("t{evicted}")),
+            Some(&released(evicted as u64))
+        );
+        assert_eq!(d.entry_count(), 10 * CHUNK_SLOTS);
+    }
+
+    #[test]
+    fn removed_slots_do_not_accumulate_in_an_unshared_bucket() {
+        // Invariant: with no copy alive, a bucket that keeps a few entries
+        // while many pass through it holds about as many slots as entries.
+        let s = Some(SessionId(1));
+        let one = entry_bytes("r0000000", &released(0));
+        let mut d = Dedup::with_bytes_max(3 * one);
+        for i in 0..100_000u64 {
+            d.insert(s, format!("r{i:07}"), released(i));
+        }
+        let q = d.sessions.get(&SessionId(1)).unwrap();
+        let slots: usize = q.chunks.iter().map(|c| c.capacity()).sum();
+        assert_eq!(q.len, 3);
+        assert!(slots <= 16, "{slots} slots held for 3 entries");
     }
 }

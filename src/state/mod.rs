@@ -435,18 +435,6 @@ impl State {
         Ok(())
     }
 
-    /// Prepares for replaying `records` records: tables whose persistent
-    /// form only pays off for snapshot copies switch to faster owned ones
-    /// (see `dedup`). Call [`State::end_replay`] before serving.
-    pub fn begin_replay(&mut self, records: u64) {
-        self.dedup.for_replay(records);
-    }
-
-    /// Back to the representation the running daemon needs (O(1) clones).
-    pub fn end_replay(&mut self) {
-        self.dedup.for_serving();
-    }
-
     /// Applies one record at `lsn`, which must be `applied_lsn + 1`. On `Err`
     /// the state is unchanged: every check runs before the first change, and
     /// the one fallible change (the config patch) is itself atomic and last.
@@ -946,7 +934,6 @@ impl State {
     /// actor takes it between two messages and hands it to the snapshot
     /// writer (see `snapshot::writer`).
     pub fn snapshot_copy(&self) -> State {
-        debug_assert!(self.dedup.is_shared(), "a snapshot copy during replay");
         State {
             config: self.config.clone(),
             locks: self.locks.persisted_copy(),
