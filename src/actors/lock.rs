@@ -396,9 +396,9 @@ impl LockActor {
     }
 
     /// Hands a copy of the state at the applied LSN to the snapshot writer.
-    /// The copy is the only work done here (the tables are persistent maps,
-    /// so it is cheap); the writer waits for the LSN to be durable, writes
-    /// and collects on its own thread.
+    /// The copy is the only work done here (the tables are persistent maps
+    /// or shared chunks, so it is cheap); the writer waits for the LSN to be
+    /// durable, writes and collects on its own thread.
     fn start_snapshot(&mut self, waiters: Vec<Reply<SnapshotTaken>>, ctx: &mut Context<Self>) {
         let started = Instant::now();
         let copy = self.state.snapshot_copy();

@@ -133,7 +133,7 @@ struct Slot {
 /// the copy is the chunk list, and the memory it pins is what the snapshot
 /// holds anyway. (The persistent maps used before copied a path of nodes on
 /// every change after a copy, until the live table had duplicated itself:
-/// tens of MiB and most of the p99 under snapshots; see benches/README.md.)
+/// tens of MiB and most of the p99 under snapshots; see ARCHITECTURE.md.)
 #[derive(Clone, Debug, Default)]
 struct Queue {
     /// Never an empty chunk; `head < chunks[0].len()`.
@@ -160,15 +160,20 @@ impl Queue {
         self.chunks.back().and_then(|c| c.last())
     }
 
-    /// Removes the oldest entry; answers its id and the bytes it was charged.
+    /// Removes the oldest entry; answers its age, its id and the bytes it was
+    /// charged.
     /// Removed slots stay in the first chunk until it is used up, or until
     /// they are half of it while no copy shares it: then they go (and the
     /// chunk shrinks), so a bucket holds at most as many removed slots as
     /// live ones in that chunk, plus whatever a snapshot in flight pins.
-    fn pop_front(&mut self) -> Option<(Arc<str>, usize)> {
+    fn pop_front(&mut self) -> Option<(u64, Arc<str>, usize)> {
         let first = self.chunks.front_mut()?;
         let slot = &first[self.head];
-        let popped = (slot.id.clone(), entry_bytes(&slot.id, &slot.outcome));
+        let popped = (
+            slot.age,
+            slot.id.clone(),
+            entry_bytes(&slot.id, &slot.outcome),
+        );
         self.head += 1;
         self.len -= 1;
         if self.head == first.len() {
@@ -379,10 +384,9 @@ impl Dedup {
             None => Some(&mut self.txn),
         };
         let Some(queue) = queue else { return };
-        let Some(head) = queue.front().map(|s| s.age) else {
+        let Some((head, id, bytes)) = queue.pop_front() else {
             return;
         };
-        let (id, bytes) = queue.pop_front().expect("a front to pop");
         let next = queue.front().map(|s| s.age);
         self.heads.remove(&head);
         match (next, key) {

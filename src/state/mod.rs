@@ -930,9 +930,9 @@ impl State {
 
     /// A copy of exactly what the log determines (what a snapshot holds):
     /// the live-only parts (waiters, lock order, lease deadlines) are left
-    /// empty. The tables are persistent maps, so this is cheap: the lock
-    /// actor takes it between two messages and hands it to the snapshot
-    /// writer (see `snapshot::writer`).
+    /// empty. The tables are persistent maps or shared chunks, so this is
+    /// cheap: the lock actor takes it between two messages and hands it to
+    /// the snapshot writer (see `snapshot::writer`).
     pub fn snapshot_copy(&self) -> State {
         State {
             config: self.config.clone(),
