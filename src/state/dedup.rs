@@ -101,6 +101,14 @@ pub fn entry_bytes(request_id: &str, outcome: &Outcome) -> usize {
 /// Where an entry lives: a session's bucket, or (None) the transactions'.
 type BucketKey = Option<SessionId>;
 
+/// The most entries one bucket holds.
+fn bucket_max(key: BucketKey) -> usize {
+    match key {
+        Some(_) => REQUESTS_PER_SESSION_MAX,
+        None => TXN_REQUESTS_MAX,
+    }
+}
+
 /// Slots per chunk of a bucket's queue (65,536 transaction ids are 64
 /// chunks). A copy of the table clones one `Arc` per chunk, on the lock
 /// actor, and each is a cache miss: at 256 slots (256 chunks) the hand-over
@@ -297,11 +305,16 @@ impl Dedup {
         }
     }
 
+    /// Every bucket, the sessions' in id order, then the transactions'.
+    fn buckets(&self) -> impl Iterator<Item = (BucketKey, &Queue)> {
+        let sessions = self.sessions.iter().map(|(s, q)| (Some(*s), q));
+        sessions.chain([(None, &self.txn)])
+    }
+
     fn index(&self) -> &Index {
         self.index.get_or_init(|| {
             let mut index = Index::new();
-            let buckets = self.sessions.iter().map(|(s, q)| (Some(*s), q));
-            for (key, queue) in buckets.chain([(None, &self.txn)]) {
+            for (key, queue) in self.buckets() {
                 let ids = queue.iter().map(|s| (s.id.clone(), s.age)).collect();
                 index.insert(key, ids);
             }
@@ -339,11 +352,7 @@ impl Dedup {
     /// is full its oldest entry goes; then, while the table is over its
     /// byte budget, the oldest entry of the whole table goes.
     pub fn insert(&mut self, session: Option<SessionId>, request_id: String, outcome: Outcome) {
-        let max = match session {
-            Some(_) => REQUESTS_PER_SESSION_MAX,
-            None => TXN_REQUESTS_MAX,
-        };
-        if self.len(session) >= max {
+        if self.len(session) >= bucket_max(session) {
             self.evict_oldest_of(session);
         }
         self.bytes += entry_bytes(&request_id, &outcome);
@@ -446,9 +455,8 @@ impl Dedup {
     /// Every entry, oldest first over the whole table: the persisted form,
     /// so both the per-bucket and the table-wide eviction order survive.
     fn entries(&self) -> Vec<(BucketKey, &str, &Outcome)> {
-        let buckets = self.sessions.iter().map(|(s, q)| (Some(*s), q));
-        let mut all: Vec<(u64, BucketKey, &Slot)> = buckets
-            .chain([(None, &self.txn)])
+        let mut all: Vec<(u64, BucketKey, &Slot)> = self
+            .buckets()
             .flat_map(|(key, queue)| queue.iter().map(move |s| (s.age, key, s)))
             .collect();
         // Each bucket is one ascending run, which the stable sort merges.
@@ -496,10 +504,7 @@ impl<'de> Deserialize<'de> for Dedup {
             if dedup.lookup(key, &id).is_some() {
                 return Err(D::Error::custom(format!("request id {id:?} listed twice")));
             }
-            let max = match key {
-                Some(_) => REQUESTS_PER_SESSION_MAX,
-                None => TXN_REQUESTS_MAX,
-            };
+            let max = bucket_max(key);
             if dedup.len(key) >= max {
                 return Err(D::Error::custom(format!(
                     "more than {max} dedup entries in one bucket"
