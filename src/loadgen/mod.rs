@@ -117,6 +117,9 @@ impl Options {
         if p.read_whole && self.workload != Workload::Read {
             return bad("--read-whole applies to --workload read only");
         }
+        if p.release_before_close && self.workload != Workload::Job {
+            return bad("--release-before-close applies to --workload job only");
+        }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return bad("--rate must be above 0");
         }

@@ -84,7 +84,7 @@ pub fn table(reports: &[Report], title: &str) -> String {
         let _ = writeln!(
             t,
             "\n{mode}; {} s measured after {} s warm-up; --keys {} --value-bytes {} \
-             --instances {} --write-ratio {}{}; latency is per operation (a whole job for `job`, \
+             --instances {} --write-ratio {}{}{}; latency is per operation (a whole job for `job`, \
              acquire plus write for `contended`); errors count the whole run; records/fsync and \
              fsync p50 are the daemon's `/metrics` over the measured window; CPU in cores \
              (of {}) over the window.",
@@ -96,6 +96,12 @@ pub fn table(reports: &[Report], title: &str) -> String {
             r.params.write_ratio,
             if r.params.read_whole {
                 " --read-whole"
+            } else {
+                ""
+            },
+            // A job-only flag: the first report is seldom a job's.
+            if reports.iter().any(|r| r.params.release_before_close) {
+                " --release-before-close (job)"
             } else {
                 ""
             },

@@ -235,21 +235,24 @@ fn a_run_over_the_unix_socket_reaches_the_daemon_there() {
     assert!(stderr.contains(&format!("unix:{nobody}")), "{stderr}");
 }
 
-/// GET requests answered 200 on `route`, from the daemon's `/metrics`.
-fn gets_ok(base: &str, route: &str) -> f64 {
+/// Requests of `method` answered 200 on `route`, from the daemon's `/metrics`.
+fn answered_ok(base: &str, method: &str, route: &str) -> f64 {
     let text = ureq::get(&format!("{base}/metrics"))
         .call()
         .expect("GET /metrics")
         .into_string()
         .unwrap();
     let route = format!("route=\"{route}\"");
+    let method = format!("method=\"{method}\"");
     text.lines()
         .filter(|l| l.starts_with("wconf_http_requests_total{"))
-        .filter(|l| {
-            l.contains(&route) && l.contains("method=\"GET\"") && l.contains("status=\"200\"")
-        })
+        .filter(|l| l.contains(&route) && l.contains(&method) && l.contains("status=\"200\""))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
+}
+
+fn gets_ok(base: &str, route: &str) -> f64 {
+    answered_ok(base, "GET", route)
 }
 
 #[test]
@@ -276,6 +279,45 @@ fn read_whole_reads_the_whole_document_and_only_with_read() {
         "{before:?} {after:?} {reads}"
     );
     assert_eq!(after.1, before.1, "per-key reads were made");
+}
+
+#[test]
+fn a_job_closes_its_session_to_release_its_lock_unless_asked_to_release_first() {
+    // Invariant: a job makes no release request of its own (closing the
+    // session releases its lock) and leaves no lock or session behind;
+    // with --release-before-close every job also releases first, clean;
+    // with any other workload that flag is a usage error (exit 2).
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&dir.path().join("data"), &[]);
+    let addr = d.base.trim_start_matches("http://").to_string();
+    let out = run(&addr, "txn", &["--release-before-close"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let released = || answered_ok(&d.base, "POST", "/v1/locks/release");
+    let closed = || answered_ok(&d.base, "DELETE", "/v1/sessions/{id}");
+    for (flags, releases_per_job) in [(&[][..], 0.0), (&["--release-before-close"][..], 1.0)] {
+        let before = (released(), closed());
+        let r = bench(&addr, "job", flags);
+        assert_eq!(r.errors.total, 0, "{flags:?}: {:?}", r.errors);
+        assert_eq!(r.params.release_before_close, !flags.is_empty());
+        // One change per job, counted over the whole run.
+        let jobs = r.changes_acked;
+        assert!(jobs > 0, "{r:?}");
+        let after = (released(), closed());
+        assert_eq!(
+            after.0 - before.0,
+            releases_per_job * jobs as f64,
+            "{flags:?}"
+        );
+        assert!(
+            after.1 - before.1 >= jobs as f64,
+            "{flags:?}: {before:?} {after:?}"
+        );
+        let locks = d.client.locks().unwrap();
+        assert!(
+            locks.holders.is_empty() && locks.waiters.is_empty(),
+            "{flags:?} left locks: {locks:?}"
+        );
+    }
 }
 
 #[test]
