@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Load test of the daemon: builds release, then runs wconf-bench's four
-# workloads (txn, job, contended, read) at 1, 16, 64 and 256 connections,
-# each workload against a fresh wconfd on an empty data directory, and
+# Load test of the daemon: builds release, then runs wconf-bench's five
+# workloads (txn, job, contended, read, and ping, the HTTP path alone) at
+# 1, 16, 64 and 256 connections, each workload against a fresh wconfd on an empty data directory, and
 # renders the reports as benches/results/results.md (a markdown table headed
 # by how it was made) plus throughput.svg and latency.svg. The raw JSON
 # reports stay in benches/results/raw/, so `wconf-bench plot` can redraw
@@ -12,7 +12,7 @@
 #   WCONF_LOAD_DURATION_S    seconds measured per run (default 5)
 #   WCONF_LOAD_WARMUP_S      seconds of load before measuring (default 2)
 #   WCONF_LOAD_CONNECTIONS   connection counts (default "1 16 64 256")
-#   WCONF_LOAD_WORKLOADS     workloads (default "txn job contended read")
+#   WCONF_LOAD_WORKLOADS     workloads (default "txn job contended read ping")
 #   WCONF_LOAD_ARGS          more wconf-bench flags for every run, e.g. "--keys 10000"
 #   WCONF_LOAD_OUT           output directory (default benches/results)
 #   WCONF_LOAD_DATA_DIR      the daemon's data directory, emptied before each
@@ -24,7 +24,7 @@
 #                            drives it there (--socket), as a job system on
 #                            the same host would
 #
-# With the defaults the runs take about 2 minutes (16 runs of 7 s, plus the
+# With the defaults the runs take about 2.5 minutes (20 runs of 7 s, plus the
 # daemon's starts), after the build. Take numbers for the record only on an
 # otherwise idle machine: the table's last column shows the CPU that other
 # processes used during each run.
@@ -34,7 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration_s=${WCONF_LOAD_DURATION_S:-5}
 warmup_s=${WCONF_LOAD_WARMUP_S:-2}
 connections=${WCONF_LOAD_CONNECTIONS:-1 16 64 256}
-workloads=${WCONF_LOAD_WORKLOADS:-txn job contended read}
+workloads=${WCONF_LOAD_WORKLOADS:-txn job contended read ping}
 extra=${WCONF_LOAD_ARGS:-}
 out=${WCONF_LOAD_OUT:-benches/results}
 port=${WCONF_LOAD_PORT:-7379}

@@ -22,6 +22,8 @@ each run first replaces):
              acquire (waiting), write with release; one operation is a cycle
   read       GET /v1/config/bench/keys/<random>, with a txn write instead at
              --write-ratio
+  ping       GET /healthz: no state and no record, only the HTTP path, so
+             the ceiling of the others on the same machine
 
 Closed loop by default (each connection sends its next request when the last
 one is answered). With --rate, requests are scheduled at fixed intervals and
@@ -38,7 +40,7 @@ Examples:
   wconf-bench --workload read --rate 20000 --write-ratio 0.01
   wconf-bench plot results/raw/*.json --out results";
 
-/// Load generator for wconfd: keep-alive HTTP connections, four workloads,
+/// Load generator for wconfd: keep-alive HTTP connections, five workloads,
 /// latency percentiles and the daemon's own fsync figures.
 #[derive(Parser, Debug)]
 #[command(name = "wconf-bench", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]

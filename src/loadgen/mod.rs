@@ -1,5 +1,5 @@
 //! `wconf-bench`, the load generator of issue 7: N keep-alive HTTP/1.1
-//! connections drive a running `wconfd` with one of four workloads, in a
+//! connections drive a running `wconfd` with one of five workloads, in a
 //! closed loop or at a fixed rate, and the run is reported with latency
 //! percentiles, errors by kind, the daemon's own group-commit figures and
 //! where the CPU went. `plot` turns a set of reports into a table and SVGs.

@@ -111,11 +111,12 @@ pub fn table(reports: &[Report], title: &str) -> String {
     t
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(127, 127, 127),
 ];
 
 fn by_workload(reports: &[Report]) -> BTreeMap<Workload, Vec<&Report>> {

@@ -1,4 +1,5 @@
-//! The four workloads of issue 7, as the requests one client makes for one
+//! The four workloads of issue 7 and `ping` (the HTTP path alone, their
+//! ceiling), as the requests one client makes for one
 //! operation, plus the set-up that gives them a document to work on and the
 //! tear-down that closes what they opened.
 //!
@@ -50,14 +51,18 @@ pub enum Workload {
     Contended,
     /// `GET /v1/config/<path>`, mixed with txn writes at `--write-ratio`.
     Read,
+    /// `GET /healthz`: no state, no record, no actor; what the HTTP path
+    /// alone costs, the ceiling of every other workload on this machine.
+    Ping,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Txn,
         Workload::Job,
         Workload::Contended,
         Workload::Read,
+        Workload::Ping,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Workload {
             Workload::Job => "job",
             Workload::Contended => "contended",
             Workload::Read => "read",
+            Workload::Ping => "ping",
         }
     }
 
@@ -75,7 +81,7 @@ impl Workload {
             Workload::Txn => "changes",
             Workload::Job => "jobs",
             Workload::Contended => "cycles",
-            Workload::Read => "requests",
+            Workload::Read | Workload::Ping => "requests",
         }
     }
 }
@@ -88,6 +94,7 @@ pub enum OpKind {
     Cycle,
     Read,
     Write,
+    Ping,
 }
 
 impl OpKind {
@@ -98,6 +105,7 @@ impl OpKind {
             OpKind::Cycle => "cycle",
             OpKind::Read => "read",
             OpKind::Write => "write",
+            OpKind::Ping => "ping",
         }
     }
 }
@@ -237,6 +245,12 @@ async fn txn(
     Ok(r)
 }
 
+/// The answer of `/healthz`.
+#[derive(serde::Deserialize)]
+struct Health {
+    ok: bool,
+}
+
 /// The answer to a single-path read, checked for its shape but with the
 /// value skipped rather than built: at 100,000 reads a second the
 /// generator's own parsing is CPU the daemon does not get.
@@ -354,6 +368,16 @@ impl Client {
                         changes: 0,
                     })
                 }
+            }
+            Workload::Ping => {
+                let h: Health = self.conn.call(Method::GET, "/healthz", None::<&()>).await?;
+                if !h.ok {
+                    return Err(OpError::unexpected("/healthz answered ok: false"));
+                }
+                Ok(Done {
+                    kind: OpKind::Ping,
+                    changes: 0,
+                })
             }
         }
     }
