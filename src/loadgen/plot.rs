@@ -252,13 +252,21 @@ fn throughput_svg(reports: &[Report], path: &Path, title: &str) -> Result<(), St
     Ok(())
 }
 
+const LATENCY_PANELS_PER_ROW: usize = 2;
+const LATENCY_ROW_PX: u32 = 380;
+/// The title and the footer above and below the panels.
+const LATENCY_TITLE_PX: u32 = 40;
+
 /// Picks one latency percentile out of a report.
 type Percentile = fn(&Report) -> u64;
 
 fn latency_svg(reports: &[Report], path: &Path, title: &str) -> Result<(), String> {
     let err = draw_err(path);
     let groups = by_workload(reports);
-    let root = SVGBackend::new(path, (1000, 800)).into_drawing_area();
+    // Two panels a row, as many rows as the workloads need.
+    let rows = groups.len().div_ceil(LATENCY_PANELS_PER_ROW).max(1);
+    let height = LATENCY_TITLE_PX + LATENCY_ROW_PX * rows as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
     let root = footer(root, title).map_err(&err)?;
     let root = root
@@ -267,7 +275,7 @@ fn latency_svg(reports: &[Report], path: &Path, title: &str) -> Result<(), Strin
             ("sans-serif", 22),
         )
         .map_err(&err)?;
-    let panels = root.split_evenly((2, 2));
+    let panels = root.split_evenly((rows, LATENCY_PANELS_PER_ROW));
     let x_range = connections_range(reports);
     for ((workload, runs), area) in groups.iter().zip(panels.iter()) {
         let ms = |us: u64| us as f64 / 1000.0;

@@ -144,10 +144,16 @@ fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    let latency = std::fs::read_to_string(out_dir.join("latency.svg")).unwrap();
     for workload in ["txn", "job", "contended", "read", "ping"] {
         assert!(
             table.contains(&format!("| {workload} | {CONNECTIONS} |")),
             "{table}"
+        );
+        // A panel each, however many workloads there are.
+        assert!(
+            latency.contains(&format!("{workload} (latency per")),
+            "no {workload} panel in latency.svg"
         );
     }
     for svg in ["throughput.svg", "latency.svg"] {
