@@ -15,7 +15,7 @@ use actix_web::{web, App, HttpServer};
 use nix::sys::stat::{umask, Mode};
 use tokio::sync::oneshot;
 
-use crate::actors::config::{ConfigActor, ConfigReader};
+use crate::actors::config::{ConfigActor, ConfigReader, Published};
 use crate::actors::lock::{LockActor, Shutdown, SnapshotPolicy, TakeSnapshot};
 use crate::actors::mailbox::Mailbox;
 use crate::actors::wal::WalActor;
@@ -683,7 +683,7 @@ async fn serve_recovered(
         let wal_actor = WalActor::start_in_arbiter(&wal_arbiter.handle(), move |_| {
             WalActor::new(wal_for_actor)
         });
-        let (config_tx, config_rx) = tokio::sync::watch::channel(state.config().clone());
+        let (config_tx, config_rx) = Published::new(state.config().clone());
         let config_reader = ConfigReader::new(config_rx.clone(), wal.clone());
         // Its own thread: encoding a large document (1.5 ms per MB) on the
         // system arbiter held up every lock decision behind it.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use json_patch::Patch;
 
+use super::config::Published;
 use super::mailbox::Counted;
 use super::wal::{Append, WalActor};
 use super::{durable_wait_failed, fail_stop, Reply, LOCK_MAILBOX_MAX};
@@ -166,9 +167,9 @@ pub struct LockActor {
     /// of them (it waits for room off this thread); otherwise this actor
     /// appends them itself.
     wal_actor: Addr<WalActor>,
-    /// The document as of the last config record applied, for the config
-    /// actor (see `ConfigActor`); not durable yet when published.
-    config: tokio::sync::watch::Sender<ConfigState>,
+    /// Where readers get the document, shown once its records are durable
+    /// (see `ConfigActor`).
+    config: Published,
     /// Monotonic origin of the millisecond clock the state machines get.
     clock: Instant,
     /// Waiter ids and arrival order, for session and transaction waiters.
@@ -195,7 +196,7 @@ impl LockActor {
         state: State,
         wal: Arc<Wal>,
         wal_actor: Addr<WalActor>,
-        config: tokio::sync::watch::Sender<ConfigState>,
+        config: Published,
         metrics: Arc<Metrics>,
     ) -> LockActor {
         LockActor {
@@ -315,18 +316,19 @@ impl LockActor {
             answers,
             ..
         } = step;
-        if config_changed {
-            // O(1): the document's tree is shared, not copied. Reads of it
-            // wait for its LSN to be durable (G4).
-            self.config.send_replace(self.state.config().clone());
-        }
+        // O(1): the document's tree is shared, not copied. Readers see it
+        // once its records are durable (G4), before any answer of the step.
+        let publish = config_changed.then(|| (self.config.clone(), self.state.config().clone()));
         if frames.is_empty() {
-            if answers.is_empty() {
+            if answers.is_empty() && publish.is_none() {
                 return;
             }
             let wait = self.wal.wait_durable(visible_lsn);
             actix::spawn(async move {
                 let gate = wait.await.map(drop).map_err(durable_wait_failed);
+                if let (Ok(()), Some((to, config))) = (&gate, publish) {
+                    to.show(config);
+                }
                 answers.into_iter().for_each(|a| a(gate.clone()));
             });
             return;
@@ -350,7 +352,7 @@ impl LockActor {
                 .wal
                 .append_all(frames)
                 .unwrap_or_else(|e| fail_stop(&e));
-            answer_when_durable(&self.wal, first_lsn, count, appended, answers);
+            answer_when_durable(&self.wal, first_lsn, count, appended, publish, answers);
             return;
         }
         // No room for every record, which are all applied already and must
@@ -374,7 +376,7 @@ impl LockActor {
         ctx.wait(send.into_actor(self).map(move |sent, act, _ctx| {
             act.appending_via_actor = false;
             let appended = sent.unwrap_or_else(|e| fail_stop(&e));
-            answer_when_durable(&act.wal, first_lsn, count, appended, answers);
+            answer_when_durable(&act.wal, first_lsn, count, appended, publish, answers);
         }));
     }
 
@@ -700,16 +702,19 @@ impl LockActor {
     }
 }
 
-/// Checks that the log gave the records the LSNs they were applied at, then
-/// sends the step's answers once the last of them is durable. The writer
-/// thread sends them right after its sync (`Wal::on_durable`), so an answer
-/// costs no hop through this actor's thread. A failed append stops the
-/// daemon before anything is answered (G7).
+/// Checks that the log gave the records the LSNs they were applied at, then,
+/// once the last of them is durable, shows readers the step's document (if
+/// it changed) and sends the step's answers, in that order, so a client
+/// told of its change reads it. The writer thread does both right after its
+/// sync (`Wal::on_durable`), so an answer costs no hop through this actor's
+/// thread. A failed append stops the daemon before anything is answered or
+/// shown (G7).
 fn answer_when_durable(
     wal: &Wal,
     first_lsn: u64,
     count: u64,
     appended: Vec<Appended>,
+    publish: Option<(Published, ConfigState)>,
     answers: Vec<Answer>,
 ) {
     let lsns: Vec<u64> = appended.iter().map(|a| a.lsn()).collect();
@@ -730,7 +735,12 @@ fn answer_when_durable(
     // find in the page cache.
     let arbiter = actix::Arbiter::current();
     let then: OnDurable = Box::new(move |durable| match durable {
-        Ok(_) => answers.into_iter().for_each(|a| a(Ok(()))),
+        Ok(_) => {
+            if let Some((to, config)) = publish {
+                to.show(config);
+            }
+            answers.into_iter().for_each(|a| a(Ok(())))
+        }
         Err(e) => {
             arbiter.spawn(async move {
                 let _unanswered = answers;
