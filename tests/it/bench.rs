@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
 use wconf::loadgen::report::Report;
-use wconf::loadgen::workload::SETUP_TAG;
+use wconf::loadgen::workload::{Workload, SETUP_TAG};
 
 use crate::daemon::start;
 
@@ -64,7 +64,7 @@ fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
     let d = start(&dir.path().join("data"), &[]);
     let addr = d.base.trim_start_matches("http://").to_string();
     let mut files = Vec::new();
-    for workload in ["txn", "job", "contended", "read", "ping"] {
+    for workload in Workload::ALL.map(Workload::name) {
         let r = bench(&addr, workload, &[]);
         assert!(r.ops > 0, "{workload}: no operation completed: {r:?}");
         assert_eq!(r.errors.total, 0, "{workload}: {:?}", r.errors);
@@ -145,7 +145,7 @@ fn every_workload_runs_clean_and_its_report_matches_the_daemon() {
     );
     let table = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
     let latency = std::fs::read_to_string(out_dir.join("latency.svg")).unwrap();
-    for workload in ["txn", "job", "contended", "read", "ping"] {
+    for workload in Workload::ALL.map(Workload::name) {
         assert!(
             table.contains(&format!("| {workload} | {CONNECTIONS} |")),
             "{table}"
