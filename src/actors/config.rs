@@ -12,7 +12,7 @@
 //! never shows a change a crash could take back (G4) and never waits for a
 //! sync; it still checks the state's LSN against the log before answering.
 //!
-//! The actor itself only takes the document and waits for durability: the
+//! The actor itself only takes the document and checks its durability: the
 //! bodies it answers with are encoded by [`Encoders`] on blocking threads,
 //! a few at a time, and streamed in chunks, so neither this thread nor
 //! memory grows with the number or the speed of the readers.
@@ -201,8 +201,8 @@ impl ConfigReader {
     }
 
     /// The body for the value at `pointer`, the change it shows being
-    /// durable (published documents are); `None` when the value is over [`INLINE_READ_BYTES_MAX`] and
-    /// the config actor must encode it.
+    /// durable (published documents are); `None` when the value is over
+    /// [`INLINE_READ_BYTES_MAX`] and the config actor must encode it.
     pub async fn read_small(&self, pointer: &str) -> Option<Result<Vec<u8>, ApiError>> {
         // O(1), and lets go of the channel before encoding.
         let config = self.config.borrow().clone();

@@ -1,7 +1,7 @@
 //! The four workloads of issue 7 and `ping` (the HTTP path alone, their
-//! ceiling), as the requests one client makes for one
-//! operation, plus the set-up that gives them a document to work on and the
-//! tear-down that closes what they opened.
+//! ceiling), as the requests one client makes for one operation, plus the
+//! set-up that gives them a document to work on and the tear-down that
+//! closes what they opened.
 //!
 //! Everything lives under `/bench` of the document: `/bench/keys/k<i>`
 //! (`--keys` values of `--value-bytes`) and `/bench/instances/i<n>`
