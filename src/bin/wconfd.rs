@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
     // returns them. A snapshot of a 99.1 MB document frees that much in
     // bursts, and with the delay the peak RSS came within 17-20 MiB of issue
     // 7's bound (3x the document + 64 MiB = 348 MiB); purging at once gave
-    // 314 MiB, as glibc does (benches/run-big-config.sh).
+    // 311-322 MiB, near glibc's 312 (benches/run-big-config.sh, 3 runs each).
     if std::env::var_os(PURGE_DELAY_ENV).is_none() {
         // SAFETY: mi_option_set is not thread safe, and no other thread
         // exists yet: main has not started the runtime or any actor.
