@@ -11,6 +11,8 @@
 //!   file, fsync, rename over the config, fsync the directory.
 //! - `config_apply/{wconf,naive}/<size>`: the in-memory part alone (no
 //!   I/O), where the sizes differ most sharply.
+//! - `config_get/wconf/<size>`: finding one key's value by its JSON
+//!   pointer, what `GET /v1/config/<path>` does before encoding the value.
 //!
 //! Target: wconf's 10 MB change within 1.2x of its 10 KB change; the naive
 //! one grows with the document (about 1000x from 10 KB to 10 MB).
@@ -247,5 +249,25 @@ fn apply_only(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, change, apply_only);
+fn get(c: &mut Criterion) {
+    let mut group = c.benchmark_group("config_get");
+    for (bytes, label) in SIZES {
+        let keys = key_count(bytes);
+        let config = build_config(keys);
+        let pointers: Vec<String> = (0..keys).map(|i| format!("/keys/{}", key(i))).collect();
+        let mut n = 0;
+        group.bench_function(format!("wconf/{label}"), |b| {
+            b.iter(|| {
+                n += 7_919;
+                config
+                    .get(&pointers[n % keys])
+                    .expect("the key is there")
+                    .encoded_len()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, memory, change, apply_only, get);
 criterion_main!(benches);

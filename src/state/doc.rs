@@ -26,6 +26,7 @@
 //! The ops follow json-patch 4's `patch` exactly (same pointer rules, same
 //! [`PatchErrorKind`]); a proptest below checks results and errors against it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -135,9 +136,17 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
 /// The compact JSON length of a string, quotes included, as serde_json
 /// escapes it: `"`, `\` and the five short control escapes take 2 bytes,
 /// other control characters 6 (`\u00XX`), everything else itself.
-/// A plain loop over bytes: strings can be megabytes, and this runs for
-/// every string a `copy` or `remove` touches.
+/// Strings can be megabytes, and this runs for every string a change
+/// replaces, adds or removes, so the common case (nothing to escape) is one
+/// pass with no branch per byte; only a string that needs escapes is walked
+/// again to count them.
 fn str_json_len(s: &str) -> usize {
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        return 2 + s.len();
+    }
     2 + s
         .bytes()
         .map(|b| match b {
@@ -258,9 +267,15 @@ impl Node {
     }
 }
 
-/// Token unescaping as serde_json's `Value::pointer` does it.
-fn decode(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
+/// Token unescaping as serde_json's `Value::pointer` does it. Borrowed
+/// unless the token has an escape: every read of a path decodes each of
+/// its tokens, and two `replace` calls allocated twice per token.
+fn decode(token: &str) -> Cow<'_, str> {
+    if token.contains('~') {
+        Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(token)
+    }
 }
 
 /// Array index rules of serde_json's `Value::pointer`.
@@ -546,7 +561,7 @@ impl Eq for Object {}
 /// those still shared with another clone.
 fn at_mut<R>(
     node: &mut Node,
-    tokens: &[String],
+    tokens: &[Cow<'_, str>],
     f: impl FnOnce(&mut Node) -> Result<R, PatchErrorKind>,
 ) -> Result<R, PatchErrorKind> {
     let Some((token, rest)) = tokens.split_first() else {
@@ -583,7 +598,7 @@ fn at_mut<R>(
 }
 
 /// The decoded tokens of a pointer json-patch already validated.
-fn tokens(pointer: &Pointer) -> Vec<String> {
+fn tokens(pointer: &Pointer) -> Vec<Cow<'_, str>> {
     match pointer.as_str().strip_prefix('/') {
         None => Vec::new(),
         Some(rest) => rest.split('/').map(decode).collect(),
@@ -783,6 +798,32 @@ pub(crate) mod tests {
     use json_patch::Patch;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn string_lengths_match_serde_json_for_every_ascii_byte() {
+        // Both paths of str_json_len: each ASCII character alone, beside
+        // plain text, and every escape class together with non-ASCII text.
+        for b in 0u8..0x80 {
+            let c = char::from(b);
+            for s in [c.to_string(), format!("ab{c}cd"), format!("{c}é{c}\u{1}\"")] {
+                let want = serde_json::to_string(&s).unwrap().len();
+                assert_eq!(str_json_len(&s), want, "{s:?}");
+            }
+        }
+        assert_eq!(str_json_len(""), 2);
+        assert_eq!(str_json_len("plain ünïcode"), "plain ünïcode".len() + 2);
+    }
+
+    #[test]
+    fn pointer_tokens_unescape_only_when_they_must() {
+        assert!(matches!(decode("plain"), Cow::Borrowed("plain")));
+        assert_eq!(decode("a~1b"), "a/b");
+        assert_eq!(decode("~01"), "~1");
+        assert_eq!(decode("~0~1"), "~/");
+        let doc = Node::from_value(&json!({"a/b": {"~1": 1}, "c": 2}));
+        assert_eq!(doc.pointer("/a~1b/~01"), Some(&Node::from_value(&json!(1))));
+        assert_eq!(doc.pointer("/c"), Some(&Node::from_value(&json!(2))));
+    }
 
     /// Applies `ops` all or nothing, as json_patch::patch does, and reports
     /// an error the same way: (op index, kind text, path).
