@@ -263,6 +263,74 @@ fn write_and_preallocate_errors_are_fail_stop_too() {
 }
 
 #[test]
+fn zeros_are_written_ahead_of_the_tail_before_the_sync() {
+    // Invariant: the writer keeps at least half of ZERO_AHEAD_BYTES written
+    // with zeros past its last record, writes them before the sync that
+    // covers the batch, and never past the segment's end.
+    use super::storage::StorageOp;
+    use super::writer::ZERO_AHEAD_BYTES;
+    let mem = MemStorage::new();
+    let segment = 3 * ZERO_AHEAD_BYTES / 2;
+    let options = WalOptions {
+        segment_bytes: segment,
+        record_bytes_max: 4096,
+        batch_bytes_max: 4096,
+        ..WalOptions::default()
+    };
+    let (wal, _) = mem_open(&mem, options).unwrap();
+    mem.record_ops();
+    // 1,000-byte records: the first batch zeros 256 KiB, about the 130th
+    // needs more, and the segment ends before the second window would.
+    for i in 0..300u64 {
+        wal.append(1, vec![i as u8 | 1; 1000])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let (mut end, mut zeroed_to, mut zero_writes) = (0u64, 0u64, 0);
+    for op in mem.ops() {
+        match op {
+            StorageOp::Write { offset, data, .. } if data.iter().all(|b| *b == 0) => {
+                assert_eq!(offset, zeroed_to.max(end), "zeros left a gap or overlap");
+                zeroed_to = offset + data.len() as u64;
+                assert!(zeroed_to <= segment, "zeros past the end");
+                zero_writes += 1;
+            }
+            StorageOp::Write { offset, data, .. } => end = offset + data.len() as u64,
+            // The new segment's header is synced before any record.
+            StorageOp::Sync { .. } if end <= SEGMENT_HEADER_LEN as u64 => {}
+            StorageOp::Sync { .. } => assert!(
+                zeroed_to == segment || zeroed_to >= end + ZERO_AHEAD_BYTES / 2,
+                "a sync of records to {end} with zeros only to {zeroed_to}"
+            ),
+            _ => {}
+        }
+    }
+    assert_eq!(zero_writes, 2, "first window and one top-up in the segment");
+    assert_eq!(zeroed_to, segment);
+}
+
+#[test]
+fn an_error_writing_zeros_ahead_is_fail_stop() {
+    // Invariant: the zero write is on the write path: EIO there fails the
+    // batch whose records it follows, before that batch is synced.
+    let mem = MemStorage::new();
+    let (wal, _) = mem_open(&mem, WalOptions::default()).unwrap();
+    // The first batch writes the new segment's header, its record, then the
+    // first window of zeros.
+    mem.inject(Fault::WriteIo, 2);
+    let err = wal.append(1, b"x".to_vec()).unwrap().wait().unwrap_err();
+    assert!(
+        matches!(&err, WalError::Poisoned { cause } if cause.contains("write zeros")),
+        "{err}"
+    );
+    assert!(wal.append(1, b"y".to_vec()).is_err());
+    drop(wal);
+    let (_, rec) = mem_open(&mem.crash(CrashMode::DropUnsynced), WalOptions::default()).unwrap();
+    assert!(records(&rec).is_empty(), "the failed batch was synced");
+}
+
+#[test]
 fn a_full_queue_answers_full_or_waits() {
     // Invariant: the queue never grows past queue_len_max; try_append says Full.
     let mem = MemStorage::new();

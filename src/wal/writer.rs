@@ -297,6 +297,9 @@ impl Wal {
                     file,
                     write_offset: t.write_offset,
                     capacity,
+                    // Recovery leaves zeros after the last record; whether
+                    // they were written or only allocated is not known.
+                    zeroed_to: t.write_offset,
                 })
             }
             None => None,
@@ -578,6 +581,43 @@ struct OpenSegment {
     file: Box<dyn StorageFile>,
     write_offset: u64,
     capacity: u64,
+    /// Every byte below this offset has been written since the segment was
+    /// preallocated: the header, records or zeros (see [`ZERO_AHEAD_BYTES`]).
+    zeroed_to: u64,
+}
+
+/// How far past the last record the writer keeps the segment written with
+/// zeros. `fallocate` leaves unwritten extents on ext4, and the first write
+/// into one changes the extent tree, so the `fdatasync` that covers it also
+/// writes the inode and waits for that write: a second device round trip.
+/// On this machine's disk, syncing 4 KiB appends took p50 195-220 us into a
+/// fallocated file against 100-115 us into a zero-filled one (3,000 syncs
+/// each, alternating). Writing zeros ahead, `ZERO_AHEAD_BYTES` at a time in
+/// the same window as a batch (before its sync), leaves one sync per
+/// `ZERO_AHEAD_BYTES` of log to pay for the extent change. The bytes stay
+/// zeros whatever a crash keeps of that write, so recovery sees what it saw
+/// before: preallocated zeros after the last record.
+pub(crate) const ZERO_AHEAD_BYTES: u64 = 256 << 10;
+
+static ZEROS: [u8; ZERO_AHEAD_BYTES as usize] = [0; ZERO_AHEAD_BYTES as usize];
+
+impl OpenSegment {
+    /// Records were written up to `end`: writes zeros after them, up to
+    /// `ZERO_AHEAD_BYTES` past `end` (at most to the segment's end), once
+    /// fewer than half of that are left.
+    fn zero_ahead(&mut self, end: u64) -> Result<(), WalError> {
+        self.zeroed_to = self.zeroed_to.max(end);
+        if self.zeroed_to >= self.capacity || self.zeroed_to - end >= ZERO_AHEAD_BYTES / 2 {
+            return Ok(());
+        }
+        let from = self.zeroed_to;
+        let to = self.capacity.min(end + ZERO_AHEAD_BYTES);
+        self.file
+            .write_all_at(&ZEROS[..(to - from) as usize], from)
+            .map_err(|e| WalError::io("write zeros", &self.path, e))?;
+        self.zeroed_to = to;
+        Ok(())
+    }
 }
 
 struct Writer {
@@ -689,6 +729,7 @@ impl Writer {
             .write_all_at(&self.buf, seg.write_offset)
             .map_err(|e| WalError::io("write", &seg.path, e))?;
         failpoint!("wal::write::after");
+        seg.zero_ahead(seg.write_offset + self.buf.len() as u64)?;
         failpoint!(
             "wal::fdatasync::before",
             crate::failpoints::wal_fault("fdatasync", &seg.path)
@@ -752,6 +793,7 @@ impl Writer {
             file,
             write_offset: super::format::SEGMENT_HEADER_LEN as u64,
             capacity: self.options.segment_bytes,
+            zeroed_to: super::format::SEGMENT_HEADER_LEN as u64,
         });
         self.next_seq += 1;
         Ok(())

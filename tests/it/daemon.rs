@@ -704,10 +704,14 @@ fn g7_a_failing_disk_stops_the_daemon_and_nothing_unsynced_was_acked() {
     let dir = tempfile::tempdir().unwrap();
     // The first run creates the segment (preallocated, so the limited run
     // never needs to grow the file, only to write past the limit).
-    let args = ["--segment-size", "256KiB"];
+    let args = ["--segment-size", "1MiB"];
     start(dir.path(), &args).kill();
     let last = frames(dir.path()).pop().expect("the epoch record");
-    let limit = last.offset + last.bytes as u64 + (8 << 10);
+    // The writer keeps 256 KiB of zeros written past its last record
+    // (ZERO_AHEAD_BYTES), so the limit lets the restart's first zero write
+    // through; the write that fails is a later one, records or zeros, once
+    // the log has grown.
+    let limit = last.offset + last.bytes as u64 + (256 << 10) + (8 << 10);
     let d = start_with(dir.path(), &args, move |cmd| {
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made (setrlimit, signal), and nothing is allocated.
