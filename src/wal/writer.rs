@@ -593,8 +593,8 @@ struct OpenSegment {
 /// On this machine's disk, syncing 4 KiB appends took p50 195-220 us into a
 /// fallocated file against 100-115 us into a zero-filled one (3,000 syncs
 /// each, alternating). Writing zeros ahead, `ZERO_AHEAD_BYTES` at a time in
-/// the same window as a batch (before its sync), leaves one sync per
-/// `ZERO_AHEAD_BYTES` of log to pay for the extent change. The bytes stay
+/// the same window as a batch (before its sync) once fewer than half are
+/// left, leaves one sync per 128-256 KiB of log to pay for the extent change. The bytes stay
 /// zeros whatever a crash keeps of that write, so recovery sees what it saw
 /// before: preallocated zeros after the last record.
 pub(crate) const ZERO_AHEAD_BYTES: u64 = 256 << 10;
